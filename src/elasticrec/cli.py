@@ -1,0 +1,186 @@
+"""Command-line interface: ``elasticrec train | evaluate | data stats | models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from elasticrec.config import ConfigError, ExperimentConfig, load_config, merge, parse_override
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def preset_path(dataset: str, model: str) -> Path | None:
+    """``configs/<dataset>/<model>.yaml`` from the working directory or the source checkout."""
+    for root in (Path.cwd() / "configs", PACKAGE_ROOT.parent.parent / "configs"):
+        p = root / dataset / f"{model}.yaml"
+        if p.exists():
+            return p
+    return None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: configs/<dataset>/<model>.yaml if present)")
+    p.add_argument("--dataset", help="dataset preset name (ml-1m, ml-100k, beauty, synthetic, custom, ...)")
+    p.add_argument("--data-path", help="dataset file or directory (default: $ELASTICREC_DATA, then the user cache dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set train.lr=5e-4 --set model.max_len=200 (repeatable)")
+
+
+def resolve_config(args) -> ExperimentConfig:
+    dataset = getattr(args, "dataset", None)
+    model = getattr(args, "model", None)
+    cfg_path = args.config
+    if cfg_path is None and dataset:
+        cfg_path = preset_path(dataset, model or "sasrec")
+    cfg = load_config(cfg_path)
+    top: dict = {}
+    if dataset:
+        top.setdefault("data", {})["name"] = dataset
+    if model:
+        top.setdefault("model", {})["name"] = model
+    if args.data_path:
+        top.setdefault("data", {})["path"] = args.data_path
+    for k in ("epochs", "device", "batch_size", "lr"):
+        v = getattr(args, k, None)
+        if v is not None:
+            top.setdefault("train", {})[k] = v
+    if getattr(args, "max_len", None) is not None:
+        top.setdefault("model", {})["max_len"] = args.max_len
+    cfg = merge(cfg, top)
+    for o in args.overrides:
+        cfg = merge(cfg, parse_override(o))
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from elasticrec.train import train
+
+    cfg = resolve_config(args)
+    if args.resume and not args.run_dir:
+        raise ConfigError("--resume needs --run-dir DIR of the interrupted run")
+    if args.resume:  # continue with the run's own configuration
+        cfg = load_config(Path(args.run_dir) / "config.yaml")
+    if args.no_progress:
+        cfg = merge(cfg, {"train": {"progress": False}})
+    run_dir, res = train(cfg, args.run_dir, resume=args.resume)
+    print(f"run directory: {run_dir}")
+    print(json.dumps({k: v for k, v in res.items() if k.startswith(("HR@10", "NDCG@10", "MRR", "best"))}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from elasticrec.data import load_dataset
+    from elasticrec.evaluate import Evaluator
+    from elasticrec.models import build_model
+    from elasticrec.train.checkpoint import load_best
+    from elasticrec.utils import resolve_device
+
+    run = Path(args.run)
+    cfg = load_config(run / "config.yaml")
+    for o in args.overrides:
+        cfg = merge(cfg, parse_override(o))
+    if args.data_path:
+        cfg = merge(cfg, {"data": {"path": args.data_path}})
+    if args.protocol:
+        cfg = merge(cfg, {"eval": {"protocol": args.protocol}})
+    device = resolve_device(args.device)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.n_items).to(device)
+    load_best(run / "checkpoints", model, map_location=device)
+    with torch.no_grad():
+        res = Evaluator(data, cfg.eval, cfg.model.max_len, device).evaluate(model, args.stage)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from elasticrec.data import load_dataset
+
+    cfg = resolve_config(args)
+    stats = load_dataset(cfg.data).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        for k, v in stats.items():
+            print(f"{k:>14}: {v:,.2f}" if isinstance(v, float) else f"{k:>14}: {v:,}" if isinstance(v, int) else f"{k:>14}: {v}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from elasticrec.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from elasticrec import __version__
+
+    p = argparse.ArgumentParser(prog="elasticrec", description=__doc__)
+    p.add_argument("--version", action="version", version=f"elasticrec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and evaluate it (valid per epoch, test once at the end)")
+    _add_common(t)
+    t.add_argument("--model", help="model name (see `elasticrec models`)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--max-len", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--run-dir", help="run directory (default runs/<dataset>-<model>-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
+    e.add_argument("--run", required=True, help="run directory written by `elasticrec train`")
+    e.add_argument("--stage", default="test", choices=["valid", "test"])
+    e.add_argument("--protocol", choices=["full", "sampled"], help="default: the run's (full ranking)")
+    e.add_argument("--data-path")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("data", help="dataset utilities")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("stats", help="users, items, interactions, length percentiles")
+    _add_common(ds)
+    ds.add_argument("--json", action="store_true", help="print JSON")
+    ds.set_defaults(func=cmd_data_stats)
+
+    m = sub.add_parser("models", help="list registered models")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"elasticrec: config error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # known user-facing errors get one clear line
+        from elasticrec.train.checkpoint import CheckpointError
+        from elasticrec.train.trainer import TrainingError
+
+        known = (CheckpointError, TrainingError)
+        try:
+            from elasticrec.data import DataError
+            known = known + (DataError,)
+        except ImportError:
+            pass
+        if isinstance(e, known):
+            print(f"elasticrec: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The processed form every model trains on: per-user chronological item sequences.
+
+Items are dense ids ``1..n_items`` (0 is padding); sequences are stored CSR-style as one flat
+``items`` array plus ``offsets`` (user u owns ``items[offsets[u]:offsets[u+1]]``), so a
+100M-interaction dataset is two numpy arrays (memory-mappable), never Python lists.
+
+Leave-one-out split: the last item of each sequence is the test target, the second last the
+validation target, the rest is training history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+_CUT = {"train": 2, "valid": 2, "test": 1}  # items hidden from each stage's history
+
+
+@dataclass
+class SequenceData:
+    items: np.ndarray  # int64 [n_interactions], dense item ids 1..n_items, chronological per user
+    offsets: np.ndarray  # int64 [n_users + 1]
+    n_items: int
+    item_raw_ids: np.ndarray  # str [n_items + 1]; index 0 is "<pad>"
+    user_raw_ids: np.ndarray  # str [n_users]
+    timestamps: np.ndarray | None = None  # int64 [n_interactions] or None
+    meta: dict = field(default_factory=dict)  # name, source digest, options ...
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_interactions(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sequence(self, u: int) -> np.ndarray:
+        return self.items[self.offsets[u]: self.offsets[u + 1]]
+
+    # -------------------------------------------------------------- leave-one-out split
+    def split_end(self, u: int, stage: str) -> int:
+        """Exclusive end (index into ``items``) of the history visible for ``stage`` of user u.
+
+        train: everything but the last two items (inputs and shifted targets come from it);
+        valid: the same history, target = ``items[end]`` (second last);
+        test: all but the last item, target = ``items[end]`` (last).
+        """
+        n = self.offsets[u + 1] - self.offsets[u]
+        cut = _CUT[stage]
+        return int(self.offsets[u] + max(n - cut, 0))
+
+    def eval_users(self, stage: str) -> np.ndarray:
+        """Users that have a target for ``stage``: valid needs >= 3 items, test needs >= 3 too
+        (so both protocols score the same user set and training keeps >= 1 item)."""
+        return np.nonzero(self.lengths >= 3)[0]
+
+    def item_counts(self, stage: str = "train") -> np.ndarray:
+        """Interaction count per dense item id over the training part (index 0 = padding)."""
+        counts = np.zeros(self.n_items + 1, dtype=np.int64)
+        for_stage = _CUT[stage]
+        n = self.lengths
+        keep = np.maximum(n - for_stage, 0)
+        # mask of positions that belong to the stage's visible history
+        pos = np.arange(self.n_interactions) - np.repeat(self.offsets[:-1], n)
+        mask = pos < np.repeat(keep, n)
+        np.add.at(counts, self.items[mask], 1)
+        return counts
+
+    def stats(self) -> dict:
+        n = self.lengths
+        pct = np.percentile(n, [50, 90, 95, 99]) if len(n) else [0, 0, 0, 0]
+        return {
+            "name": self.meta.get("name", "?"),
+            "users": int(self.n_users),
+            "items": int(self.n_items),
+            "interactions": int(self.n_interactions),
+            "avg_len": float(n.mean()) if len(n) else 0.0,
+            "min_len": int(n.min()) if len(n) else 0,
+            "p50_len": float(pct[0]),
+            "p90_len": float(pct[1]),
+            "p95_len": float(pct[2]),
+            "p99_len": float(pct[3]),
+            "max_len": int(n.max()) if len(n) else 0,
+            "density": float(self.n_interactions / max(1, self.n_users * self.n_items)),
+        }

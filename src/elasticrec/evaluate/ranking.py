@@ -1,0 +1,106 @@
+"""Full-ranking leave-one-out evaluator.
+
+For each user with a target in the stage (valid: second-last item, test: last item), the model
+reads the last ``max_len`` items of the visible history and scores **every** item; items of the
+history are excluded by default (never the target itself); the rank of the target among all
+remaining items gives HR/NDCG/MRR. ``protocol="sampled"`` ranks the target against
+``n_negatives`` sampled items instead — an easier protocol, labelled as such in every output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from elasticrec.config import EvalConfig
+from elasticrec.data.sequences import SequenceData
+from elasticrec.evaluate.metrics import MetricAccumulator
+
+
+def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int):
+    """Left-padded inputs [B, max_len], targets [B], and (row, item) pairs of full histories."""
+    B = len(users)
+    inputs = np.zeros((B, max_len), dtype=np.int64)
+    targets = np.zeros(B, dtype=np.int64)
+    hist_rows, hist_items = [], []
+    for i, u in enumerate(users):
+        start, end = int(data.offsets[u]), data.split_end(int(u), stage)
+        hist = data.items[start:end]
+        targets[i] = data.items[end]
+        w = hist[-max_len:]
+        inputs[i, max_len - len(w):] = w
+        hist_rows.append(np.full(len(hist), i, dtype=np.int64))
+        hist_items.append(hist)
+    return inputs, targets, np.concatenate(hist_rows), np.concatenate(hist_items)
+
+
+class Evaluator:
+    def __init__(self, data: SequenceData, cfg: EvalConfig, max_len: int, device=None):
+        self.data, self.cfg, self.max_len = data, cfg, max_len
+        self.device = device or torch.device("cpu")
+        if cfg.protocol == "sampled":
+            counts = data.item_counts("train").astype(np.float64)
+            counts[0] = 0
+            if cfg.negative_sampling == "uniform":
+                counts = (np.arange(data.n_items + 1) > 0).astype(np.float64)
+            self._neg_p = counts / counts.sum()
+
+    @property
+    def label(self) -> str:
+        return "full" if self.cfg.protocol == "full" else f"SAMPLED-{self.cfg.n_negatives}-{self.cfg.negative_sampling}"
+
+    @torch.no_grad()
+    def ranks(self, model, stage: str, users: np.ndarray | None = None) -> np.ndarray:
+        """0-based rank of each user's target (users default: all with a target for ``stage``)."""
+        if users is None:
+            users = self.data.eval_users(stage)
+        was_training = model.training
+        model.eval()
+        out = []
+        rng = np.random.default_rng(self.cfg.seed)
+        try:
+            for s in range(0, len(users), self.cfg.batch_size):
+                batch = users[s: s + self.cfg.batch_size]
+                out.append(self._rank_batch(model, batch, stage, rng))
+        finally:
+            model.train(was_training)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def _rank_batch(self, model, users, stage, rng) -> np.ndarray:
+        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.max_len)
+        dev = self.device
+        x = torch.from_numpy(inputs).to(dev)
+        h = model.last_hidden(x)
+        scores = model.score_all(h).float()  # [B, n_items + 1]
+        t = torch.from_numpy(targets).to(dev)
+        rows = torch.arange(len(users), device=dev)
+        target_score = scores[rows, t]
+        if self.cfg.protocol == "full":
+            scores[:, 0] = float("-inf")
+            if self.cfg.exclude_history and len(hi):
+                scores[torch.from_numpy(hr).to(dev), torch.from_numpy(hi).to(dev)] = float("-inf")
+            scores[rows, t] = target_score  # the target is never excluded
+            return (scores > target_score[:, None]).sum(1).cpu().numpy()
+        # sampled protocol: n negatives not in the user's history and != target
+        negs = self._sample_negatives(rng, targets, hr, hi)
+        neg_scores = scores.gather(1, torch.from_numpy(negs).to(dev))
+        return (neg_scores > target_score[:, None]).sum(1).cpu().numpy()
+
+    def _sample_negatives(self, rng, targets, hr, hi) -> np.ndarray:
+        n = self.cfg.n_negatives
+        out = np.zeros((len(targets), n), dtype=np.int64)
+        for i in range(len(targets)):
+            seen = set(hi[hr == i].tolist()) | {int(targets[i])}
+            picked: list[int] = []
+            while len(picked) < n:
+                cand = rng.choice(len(self._neg_p), size=2 * n, p=self._neg_p)
+                picked.extend(c for c in cand.tolist() if c not in seen and c not in picked)
+            out[i] = picked[:n]
+        return out
+
+    def evaluate(self, model, stage: str, users: np.ndarray | None = None) -> dict:
+        acc = MetricAccumulator(self.cfg.ks)
+        acc.add(self.ranks(model, stage, users))
+        res = acc.compute()
+        res["protocol"] = self.label
+        return res

@@ -1,0 +1,91 @@
+"""Common base of every sequential recommender and the model registry.
+
+A model maps a left-padded item-id sequence [B, L] (0 = padding) to hidden states [B, L, D];
+position t's state predicts the item at t+1 by a dot product with the (shared) item embedding
+table. Training losses and evaluation only use :meth:`encode` and :meth:`item_embeddings`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from elasticrec.config import ModelConfig
+
+_REGISTRY: dict[str, Callable[..., "SequentialRecommender"]] = {}
+
+
+def register_model(name: str):
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = cls
+        cls.model_name = name
+        return cls
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(cfg: ModelConfig, n_items: int) -> "SequentialRecommender":
+    if cfg.name not in _REGISTRY:
+        raise ValueError(f"unknown model {cfg.name!r}; choose one of {', '.join(list_models())}")
+    return _REGISTRY[cfg.name](cfg, n_items)
+
+
+class SequentialRecommender(nn.Module):
+    model_name = "base"
+
+    def __init__(self, cfg: ModelConfig, n_items: int):
+        super().__init__()
+        self.cfg = cfg
+        self.n_items = n_items
+        self.max_len = cfg.max_len
+        self.item_emb = nn.Embedding(n_items + 1, cfg.d_model, padding_idx=0)
+
+    # ------------------------------------------------------------------ interface
+    def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight
+
+    def score_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (column 0 = padding) for hidden states h [..., D]."""
+        return h @ self.item_embeddings().t()
+
+    def last_hidden(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden state of the last position (the next-item query) for left-padded input."""
+        return self.encode(items, timestamps)[:, -1]
+
+    # ------------------------------------------------------------------ helpers
+    def init_weights(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() >= 2 and "norm" not in name:
+                nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: no decay on biases, norms and embeddings' padding."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+        return groups
+
+    def extra_metrics(self, reset: bool = True) -> dict:
+        """Model-specific diagnostics logged each epoch (e.g. memory slot usage)."""
+        return {}

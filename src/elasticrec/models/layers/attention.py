@@ -1,0 +1,73 @@
+"""Causal multi-head self-attention: fused (SDPA) path and an explicit-matrix reference.
+
+``CausalSelfAttention`` runs through ``torch.nn.functional.scaled_dot_product_attention``
+(FlashAttention / memory-efficient kernels on GPU). ``explicit=True`` materialises the L x L
+score matrix the way RecBole and the original SASRec code do; it is kept as a baseline for the
+efficiency benchmark and as the reference the tests compare against.
+
+Sequences are left-padded: ``valid`` [B, L] is True at real items. Padding keys are masked; a
+padding query attends only to itself so no row is empty (its output is discarded anyway).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elasticrec.models.layers.common import apply_rotary, rotary_tables
+
+
+def causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, 1, L, L] mask: True where query t may attend key s (s <= t, s valid)."""
+    L = valid.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=valid.device).tril()
+    mask = causal[None] & valid[:, None, :]
+    mask = mask | torch.eye(L, dtype=torch.bool, device=valid.device)[None]
+    return mask[:, None]
+
+
+def reference_attention(q, k, v, valid=None, dropout_p: float = 0.0, training: bool = False):
+    """Plain softmax(QK^T/sqrt(d) + mask) V with an explicit [B, H, L, L] matrix."""
+    L = q.shape[-2]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if valid is None:
+        mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()[None, None]
+    else:
+        mask = causal_padding_mask(valid)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    attn = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0 and training:
+        attn = F.dropout(attn, dropout_p)
+    return attn @ v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
+                 explicit: bool = False, rotary: bool = False):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.h, self.dh = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+        self.explicit = explicit
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            cos, sin = rotary_tables(L, self.dh, x.device)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        p = self.dropout if self.training else 0.0
+        if self.explicit:
+            y = reference_attention(q, k, v, valid, p, self.training)
+        elif valid is None or bool(valid.all()):
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_padding_mask(valid), dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))

@@ -1,0 +1,66 @@
+"""SASRec (Kang & McAuley, 2018): causal Transformer over the item sequence.
+
+Attention runs through PyTorch's fused ``scaled_dot_product_attention``; ``explicit_attention``
+switches to the L x L matrix form used by RecBole / the original code (efficiency baseline).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from elasticrec.config import ModelConfig
+from elasticrec.models.base import SequentialRecommender, register_model
+from elasticrec.models.layers.attention import CausalSelfAttention
+from elasticrec.models.layers.common import FeedForward, LearnedPositions
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, explicit: bool, rotary: bool):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = CausalSelfAttention(d, heads, dropout, explicit=explicit, rotary=rotary)
+        self.ffn = FeedForward(d, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, valid):
+        x = x + self.drop(self.attn(self.norm1(x), valid))
+        return x + self.ffn(self.norm2(x))
+
+
+@register_model("sasrec")
+class SASRec(SequentialRecommender):
+    explicit_attention = False
+
+    def __init__(self, cfg: ModelConfig, n_items: int):
+        super().__init__(cfg, n_items)
+        d = cfg.d_model
+        self.pos = LearnedPositions(cfg.max_len, d) if cfg.pos_encoding == "learned" else None
+        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        ffn = cfg.ffn_dim or d
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, cfg.n_heads, ffn, cfg.dropout, self.explicit_attention,
+                             cfg.pos_encoding == "rotary")
+            for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(d)
+        self.init_weights()
+
+    def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        valid = items > 0
+        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
+        if self.pos is not None:
+            x = self.pos(x)
+        x = self.emb_drop(x) * valid[..., None]
+        attn_valid = None if bool(valid.all()) else valid
+        for blk in self.blocks:
+            x = blk(x, attn_valid) * valid[..., None]
+        return self.norm(x)
+
+
+@register_model("sasrec-explicit")
+class SASRecExplicit(SASRec):
+    """SASRec with the explicit L x L attention matrix (RecBole / original-code style)."""
+
+    explicit_attention = True

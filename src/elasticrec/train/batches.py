@@ -1,0 +1,44 @@
+"""Training batches: next-item prediction at every position of each user's training history.
+
+A user's training history is the sequence minus its last two items (validation, test targets).
+Input = history[:-1], target = history[1:], both truncated to the last ``max_len`` positions and
+left-padded with 0 (0 targets are ignored by the losses).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from elasticrec.data.sequences import SequenceData
+
+
+class TrainSequences:
+    def __init__(self, data: SequenceData, max_len: int):
+        self.data, self.max_len = data, max_len
+        lens = np.array([data.split_end(u, "train") - data.offsets[u] for u in range(data.n_users)])
+        self.users = np.nonzero(lens >= 2)[0]  # need at least one (input, target) pair
+        self.train_len = lens
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def batch(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        L = self.max_len
+        inputs = np.zeros((len(users), L), dtype=np.int64)
+        targets = np.zeros((len(users), L), dtype=np.int64)
+        for i, u in enumerate(users):
+            start = int(self.data.offsets[u])
+            seq = self.data.items[start: start + int(self.train_len[u])][-(L + 1):]
+            n = len(seq) - 1
+            inputs[i, L - n:] = seq[:-1]
+            targets[i, L - n:] = seq[1:]
+        return inputs, targets
+
+    def epoch_batches(self, batch_size: int, rng: np.random.Generator, rank: int = 0, world: int = 1):
+        """Shuffled user batches; with ``world`` > 1 each rank gets an equal disjoint slice."""
+        order = self.users[rng.permutation(len(self.users))]
+        if world > 1:
+            n = len(order) // world * world
+            order = order[:n][rank::world]
+        for s in range(0, len(order), batch_size):
+            yield order[s: s + batch_size]

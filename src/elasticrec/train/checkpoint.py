@@ -1,0 +1,87 @@
+"""Checkpoints that are atomic, checksummed and never execute code when loaded.
+
+Layout inside ``<run>/checkpoints/``::
+
+    epoch-0007.safetensors   model weights (safetensors)
+    epoch-0007.state.pt      optimizer / scheduler / counters (loaded with weights_only=True)
+    last.json                {"epoch": 7, "files": {name: sha256}}  <- written last, atomically
+    best.safetensors, best.json
+
+A checkpoint exists only once its manifest names it; a truncated or corrupted file fails its
+checksum and raises :class:`CheckpointError` instead of being loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from elasticrec.utils import atomic_save, atomic_write_json, file_digest
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_weights(model, path: Path) -> str:
+    atomic_save(path, lambda tmp: save_file(_weights(model), str(tmp)))
+    return file_digest(path)
+
+
+def save_checkpoint(ckpt_dir: Path, epoch: int, model, state: dict) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"epoch-{epoch:04d}"
+    files = {f"{stem}.safetensors": save_weights(model, ckpt_dir / f"{stem}.safetensors")}
+    atomic_save(ckpt_dir / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
+    files[f"{stem}.state.pt"] = file_digest(ckpt_dir / f"{stem}.state.pt")
+    atomic_write_json(ckpt_dir / "last.json", {"epoch": epoch, "files": files})
+    # drop older checkpoints only after the new manifest is in place
+    for p in ckpt_dir.glob("epoch-*"):
+        if not p.name.startswith(stem + "."):
+            p.unlink(missing_ok=True)
+
+
+def _verify(ckpt_dir: Path, manifest: str) -> dict:
+    mpath = ckpt_dir / manifest
+    try:
+        meta = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{mpath}: no checkpoint manifest") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{mpath}: corrupted manifest ({e})") from None
+    for name, digest in meta["files"].items():
+        p = ckpt_dir / name
+        if not p.exists():
+            raise CheckpointError(f"{p}: missing (named by {mpath.name})")
+        if file_digest(p) != digest:
+            raise CheckpointError(f"{p}: checksum mismatch, file truncated or corrupted; not loading it")
+    return meta
+
+
+def load_checkpoint(ckpt_dir: Path, model, map_location="cpu") -> tuple[int, dict]:
+    meta = _verify(ckpt_dir, "last.json")
+    names = list(meta["files"])
+    w = next(n for n in names if n.endswith(".safetensors"))
+    s = next(n for n in names if n.endswith(".state.pt"))
+    model.load_state_dict(load_file(str(ckpt_dir / w), device=str(map_location)))
+    state = torch.load(ckpt_dir / s, map_location=map_location, weights_only=True)
+    return int(meta["epoch"]), state
+
+
+def save_best(ckpt_dir: Path, model, info: dict) -> None:
+    digest = save_weights(model, ckpt_dir / "best.safetensors")
+    atomic_write_json(ckpt_dir / "best.json", {**info, "files": {"best.safetensors": digest}})
+
+
+def load_best(ckpt_dir: Path, model, map_location="cpu") -> dict:
+    meta = _verify(ckpt_dir, "best.json")
+    model.load_state_dict(load_file(str(ckpt_dir / "best.safetensors"), device=str(map_location)))
+    return meta

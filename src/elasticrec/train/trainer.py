@@ -1,0 +1,237 @@
+"""The training loop: one run = one run directory.
+
+``<run_dir>/config.yaml``       resolved configuration
+``<run_dir>/data.json``         dataset statistics
+``<run_dir>/metrics.jsonl``     one line per epoch: loss, speed, validation metrics, diagnostics
+``<run_dir>/test_metrics.json`` test metrics of the best-validation checkpoint, scored once
+``<run_dir>/checkpoints/``      see :mod:`elasticrec.train.checkpoint`
+
+Model selection and early stopping use the validation item only; the test item is scored once,
+at the end, with the best weights. Each epoch's shuffling and dropout are seeded from
+(seed, epoch), so a run resumed from an epoch checkpoint replays exactly what an uninterrupted
+run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elasticrec.config import ExperimentConfig, save_config
+from elasticrec.evaluate import Evaluator
+from elasticrec.models import build_model
+from elasticrec.train.batches import TrainSequences
+from elasticrec.train.checkpoint import load_best, load_checkpoint, save_best, save_checkpoint
+from elasticrec.train.losses import next_item_loss
+from elasticrec.utils import atomic_write_json, resolve_device, seed_everything
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.name}-{cfg.model.name}-{stamp}"
+
+
+def build_optimizer(model, cfg: ExperimentConfig):
+    t = cfg.train
+    groups = model.param_groups(t.lr, t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def build_scheduler(opt, cfg: ExperimentConfig, total_steps: int):
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "cosine":
+            prog = (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False,
+                 data=None):
+        self.cfg = cfg
+        t = cfg.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        seed_everything(t.seed, t.deterministic)
+        self.device = resolve_device(t.device)
+        if data is None:
+            from elasticrec.data import load_dataset
+
+            data = load_dataset(cfg.data)
+        self.data = data
+        self.model = build_model(cfg.model, self.data.n_items).to(self.device)
+        self.seqs = TrainSequences(self.data, cfg.model.max_len)
+        self.evaluator = Evaluator(self.data, cfg.eval, cfg.model.max_len, self.device)
+        self.steps_per_epoch = math.ceil(len(self.seqs) / t.batch_size)
+        self.opt = build_optimizer(self.model, cfg)
+        self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch * t.epochs)
+        self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.state = TrainState()
+        self.amp = (t.amp == "bf16") or (t.amp == "auto" and self.device.type == "cuda")
+        counts = torch.from_numpy(self.data.item_counts("train").astype(np.float64) + 1.0)
+        self.log_q = (counts / counts.sum()).log().float().to(self.device)
+        if resume:
+            self._resume()
+        else:
+            if (self.run_dir / "metrics.jsonl").exists():
+                raise TrainingError(f"{self.run_dir} already holds a run; use --resume or another --run-dir")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        atomic_write_json(self.run_dir / "data.json", {**self.data.stats(), "meta": _jsonable(self.data.meta)})
+
+    # ------------------------------------------------------------------ checkpointing
+    def _state_dict(self) -> dict:
+        s = self.state
+        return {
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "epoch": s.epoch, "step": s.step, "best": s.best, "best_epoch": s.best_epoch,
+            "bad_epochs": s.bad_epochs, "torch_rng": torch.get_rng_state(),
+        }
+
+    def _resume(self) -> None:
+        if not (self.ckpt_dir / "last.json").exists():
+            raise TrainingError(f"--resume: no checkpoint in {self.ckpt_dir}")
+        _, st = load_checkpoint(self.ckpt_dir, self.model, map_location=self.device)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.state = TrainState(st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad_epochs"])
+        # drop metric lines of epochs that ran after the checkpoint (the interrupted one)
+        mpath = self.run_dir / "metrics.jsonl"
+        if mpath.exists():
+            lines = [ln for ln in mpath.read_text().splitlines()
+                     if ln.strip() and json.loads(ln).get("epoch", -1) < self.state.epoch]
+            mpath.write_text("".join(ln + "\n" for ln in lines))
+
+    def _log(self, rec: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        t, s = self.cfg.train, self.state
+        t_start = time.time()
+        stop_reason = "epochs"
+        while s.epoch < t.epochs:
+            ep_stats = self._train_epoch(s.epoch, t_start)
+            rec = {"epoch": s.epoch, "step": s.step, **ep_stats}
+            if (s.epoch + 1) % t.eval_every == 0 or ep_stats.get("stopped"):
+                val = self.evaluator.evaluate(self.model, "valid")
+                rec.update({f"valid/{k}": v for k, v in val.items()})
+                score = val[self.cfg.eval.select_metric]
+                if score > s.best:
+                    s.best, s.best_epoch, s.bad_epochs = score, s.epoch, 0
+                    save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, self.cfg.eval.select_metric: score})
+                else:
+                    s.bad_epochs += 1
+            rec.update(self.model.extra_metrics(reset=True))
+            self._log(rec)
+            s.epoch += 1
+            save_checkpoint(self.ckpt_dir, s.epoch - 1, self.model, self._state_dict())
+            if ep_stats.get("stopped"):
+                stop_reason = ep_stats["stopped"]
+                break
+            if s.bad_epochs >= t.patience:
+                stop_reason = f"early stop: no {self.cfg.eval.select_metric} gain in {t.patience} evals"
+                break
+        return self.test(stop_reason)
+
+    def _train_epoch(self, epoch: int, t_start: float) -> dict:
+        t, s = self.cfg.train, self.state
+        self.model.train()
+        rng = np.random.default_rng([t.seed, epoch])
+        torch.manual_seed(t.seed * 100003 + epoch)
+        tot, n, tokens, t0 = 0.0, 0, 0, time.time()
+        bar = _progress(self.steps_per_epoch, f"epoch {epoch}", t.progress)
+        stopped = None
+        for users in self.seqs.epoch_batches(t.batch_size, rng):
+            inputs, targets = self.seqs.batch(users)
+            x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
+            y = torch.from_numpy(targets).to(self.device, non_blocking=True)
+            ctx = torch.autocast("cuda" if self.device.type == "cuda" else "cpu", dtype=torch.bfloat16) \
+                if self.amp else contextlib.nullcontext()
+            with ctx:
+                h = self.model.encode(x)
+                loss = next_item_loss(self.model, h, y, t, self.log_q)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {s.step}; the last good "
+                    f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate or enable grad_clip)")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            s.step += 1
+            tot += loss.item()
+            n += 1
+            tokens += int((y > 0).sum())
+            bar.update(1)
+            bar.set_postfix(loss=f"{tot / n:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
+            if t.max_steps is not None and s.step >= t.max_steps:
+                stopped = f"max_steps={t.max_steps}"
+                break
+            if t.time_budget_s is not None and time.time() - t_start > t.time_budget_s:
+                stopped = f"time_budget_s={t.time_budget_s}"
+                break
+        bar.close()
+        dt = time.time() - t0
+        out = {"loss": tot / max(1, n), "epoch_time_s": dt, "tokens_per_s": tokens / max(dt, 1e-9),
+               "lr": self.sched.get_last_lr()[0]}
+        if self.device.type == "cuda":
+            out["cuda_max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if stopped:
+            out["stopped"] = stopped
+        return out
+
+    def test(self, stop_reason: str = "") -> dict:
+        info = load_best(self.ckpt_dir, self.model, map_location=self.device)
+        res = self.evaluator.evaluate(self.model, "test")
+        res.update({"best_epoch": info["epoch"], f"valid_{self.cfg.eval.select_metric}": info.get(self.cfg.eval.select_metric),
+                    "stop_reason": stop_reason, "model": self.cfg.model.name, "dataset": self.cfg.data.name})
+        atomic_write_json(self.run_dir / "test_metrics.json", res)
+        return res
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False) -> tuple[Path, dict]:
+    trainer = Trainer(cfg, run_dir, resume)
+    res = trainer.fit()
+    return trainer.run_dir, res

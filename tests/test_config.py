@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from elasticrec.config import ConfigError, ExperimentConfig, load_config, merge, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_override():
+    cfg = load_config(None, ["train.lr=5e-4", "model.max_len=50", "eval.ks=1,10"])
+    assert cfg.train.lr == 5e-4 and cfg.model.max_len == 50 and cfg.eval.ks == [1, 10]
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown key 'train.lrr'.*valid keys here:.*lr"):
+        merge(ExperimentConfig(), parse_override("train.lrr=1"))
+
+
+def test_wrong_type_and_bad_choice():
+    with pytest.raises(ConfigError, match="model.max_len: expected an integer"):
+        merge(ExperimentConfig(), parse_override("model.max_len=abc"))
+    with pytest.raises(ConfigError, match="choose one of ce, sampled, bce"):
+        merge(ExperimentConfig(), parse_override("train.loss=hinge"))
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml, line"):
+        load_config(p)
+    p.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*epochz"):
+        load_config(p)
+
+
+def test_all_presets_load():
+    presets = sorted((ROOT / "configs").glob("*/*.yaml"))
+    assert presets, "no presets found"
+    for p in presets:
+        cfg = load_config(p)
+        assert cfg.data.name == p.parent.name, p
+        assert cfg.model.name == p.stem, p

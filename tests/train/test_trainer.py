@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elasticrec.config import ExperimentConfig, load_config, merge
+from elasticrec.train.batches import TrainSequences
+from elasticrec.train.checkpoint import CheckpointError, load_checkpoint
+from elasticrec.train.losses import next_item_loss
+from elasticrec.train.trainer import Trainer, TrainingError
+
+
+def small_cfg(tmp_path, **train) -> ExperimentConfig:
+    cfg = load_config(None, [
+        "model.max_len=16", "model.d_model=32", "model.n_heads=2", "model.dropout=0.0",
+        "train.epochs=6", "train.batch_size=16", "train.lr=0.005", "train.progress=false",
+        "eval.ks=1,5,10", f"run_dir={tmp_path / 'run'}"])
+    return merge(cfg, {"train": train}) if train else cfg
+
+
+def test_batches_shift_and_left_pad(cyclic_data):
+    ts = TrainSequences(cyclic_data, max_len=6)
+    x, y = ts.batch(np.array([0]))
+    train_part = cyclic_data.sequence(0)[:-2]
+    assert list(y[0][y[0] > 0]) == list(train_part[1:][-6:])
+    assert list(x[0][x[0] > 0]) == list(train_part[:-1][-6:])
+    assert (x[0] > 0).tolist() == (y[0] > 0).tolist()
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled", "bce"])
+def test_losses_are_finite_and_learnable(cyclic_data, loss, tmp_path):
+    cfg = small_cfg(tmp_path, loss=loss, n_negatives=8, logq=(loss == "sampled"))
+    tr = Trainer(cfg, data=cyclic_data)
+    x, y = tr.seqs.batch(tr.seqs.users[:8])
+    h = tr.model.encode(torch.from_numpy(x))
+    val = next_item_loss(tr.model, h, torch.from_numpy(y), cfg.train, tr.log_q)
+    assert torch.isfinite(val)
+    val.backward()
+    assert tr.model.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_train_learns_and_writes_run_dir(cyclic_data, tmp_path):
+    cfg = small_cfg(tmp_path)
+    tr = Trainer(cfg, data=cyclic_data)
+    res = tr.fit()
+    run = tmp_path / "run"
+    # next item is a deterministic function of the last two items: easy to learn
+    assert res["HR@10"] > 0.6, res
+    assert set(json.loads((run / "test_metrics.json").read_text())) >= {"HR@10", "NDCG@10", "MRR"}
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == list(range(6))
+    assert "valid/NDCG@10" in lines[0] and "loss" in lines[0]
+    assert (run / "config.yaml").exists() and (run / "data.json").exists()
+    ck = run / "checkpoints"
+    assert load_file(str(ck / "best.safetensors"))
+    assert not list(ck.glob(".*tmp")), "temporary files left behind"
+    # selection used validation only: the test set was scored exactly once, at the end
+    assert all(not k.startswith("test") for ln in lines for k in ln)
+
+
+def test_resume_continues_to_identical_result(cyclic_data, tmp_path):
+    full = Trainer(small_cfg(tmp_path / "a", epochs=4), data=cyclic_data).fit()
+    cfg = small_cfg(tmp_path / "b", epochs=4)
+    Trainer(merge(cfg, {"train": {"epochs": 2}}), data=cyclic_data).fit()  # "interrupted" after 2
+    resumed = Trainer(cfg, data=cyclic_data, resume=True)
+    assert resumed.state.epoch == 2
+    res = resumed.fit()
+    for k in ("HR@10", "NDCG@10", "MRR"):
+        assert res[k] == pytest.approx(full[k], abs=1e-6)
+
+
+def test_corrupted_checkpoint_is_detected(cyclic_data, tmp_path):
+    cfg = small_cfg(tmp_path, epochs=1)
+    tr = Trainer(cfg, data=cyclic_data)
+    tr.fit()
+    ck = tmp_path / "run" / "checkpoints"
+    w = next(ck.glob("epoch-*.safetensors"))
+    w.write_bytes(w.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(ck, tr.model)
+
+
+def test_existing_run_dir_is_not_overwritten(cyclic_data, tmp_path):
+    cfg = small_cfg(tmp_path, epochs=1)
+    Trainer(cfg, data=cyclic_data).fit()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        Trainer(cfg, data=cyclic_data)
+
+
+def test_nonfinite_loss_stops_with_step(cyclic_data, tmp_path):
+    cfg = small_cfg(tmp_path, epochs=1, lr=1e30, grad_clip=None)
+    tr = Trainer(cfg, data=cyclic_data)
+    with torch.no_grad():
+        tr.model.item_emb.weight.mul_(float("inf"))
+    with pytest.raises(TrainingError, match="non-finite loss .* step 0"):
+        tr.fit()
