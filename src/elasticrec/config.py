@@ -68,9 +68,8 @@ class ElasticConfig:
     memory_heads: int = 4
     memory_topk: int = 32
     memory_key_dim: int = 64
-    memory_query_norm: str = "batchnorm"  # batchnorm | layernorm
+    memory_query_norm: str = "layernorm"  # layernorm | batchnorm (BN couples rows in training)
     memory_value_lr: float | None = None  # separate learning rate for the value table
-    memory_mode: str = "add"  # add: P <- P + PKM(P); queries: memory picks dispatcher queries
 
 
 @dataclass
@@ -146,8 +145,7 @@ class ExperimentConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos_encoding": ("learned", "none", "rotary"),
-    "model.elastic.memory_query_norm": ("batchnorm", "layernorm"),
-    "model.elastic.memory_mode": ("add", "queries"),
+    "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
     "train.schedule": ("constant", "cosine"),
     "train.loss": ("ce", "sampled", "bce"),
     "train.amp": ("auto", "bf16", "off"),

@@ -96,3 +96,13 @@ def test_nonfinite_loss_stops_with_step(cyclic_data, tmp_path):
         tr.model.item_emb.weight.mul_(float("inf"))
     with pytest.raises(TrainingError, match="non-finite loss .* step 0"):
         tr.fit()
+
+
+def test_elastic_trains_with_memory(cyclic_data, tmp_path):
+    cfg = merge(small_cfg(tmp_path), {"model": {"name": "elastic", "elastic": {
+        "n_dispatchers": 4, "chunk_size": 4, "memory": True, "memory_n_keys": 8,
+        "memory_heads": 2, "memory_topk": 4, "memory_key_dim": 16}}})
+    res = Trainer(cfg, data=cyclic_data).fit()
+    assert res["HR@10"] > 0.6, res
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < lines[-1]["memory1/frac_used"] <= 1

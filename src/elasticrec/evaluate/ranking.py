@@ -87,15 +87,18 @@ class Evaluator:
         return (neg_scores > target_score[:, None]).sum(1).cpu().numpy()
 
     def _sample_negatives(self, rng, targets, hr, hi) -> np.ndarray:
+        """n distinct negatives per user, not in its history and != target. When fewer than n
+        items qualify, all of them are used and the row is padded with the target itself
+        (equal scores never count as ranked above the target)."""
         n = self.cfg.n_negatives
-        out = np.zeros((len(targets), n), dtype=np.int64)
+        out = np.repeat(targets[:, None], n, axis=1)
         for i in range(len(targets)):
-            seen = set(hi[hr == i].tolist()) | {int(targets[i])}
-            picked: list[int] = []
-            while len(picked) < n:
-                cand = rng.choice(len(self._neg_p), size=2 * n, p=self._neg_p)
-                picked.extend(c for c in cand.tolist() if c not in seen and c not in picked)
-            out[i] = picked[:n]
+            allowed = self._neg_p.copy()
+            allowed[hi[hr == i]] = 0
+            allowed[targets[i]] = 0
+            k = min(n, int((allowed > 0).sum()))
+            if k:
+                out[i, :k] = rng.choice(len(allowed), size=k, replace=False, p=allowed / allowed.sum())
         return out
 
     def evaluate(self, model, stage: str, users: np.ndarray | None = None) -> dict:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from elasticrec.utils import atomic_save, atomic_write_json, file_digest
 
@@ -26,13 +26,9 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _weights(model) -> dict[str, torch.Tensor]:
-    sd = model.state_dict()
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
 def save_weights(model, path: Path) -> str:
-    atomic_save(path, lambda tmp: save_file(_weights(model), str(tmp)))
+    """Model weights as safetensors (tied/shared tensors stored once); returns the sha256."""
+    atomic_save(path, lambda tmp: save_model(model, str(tmp)))
     return file_digest(path)
 
 
@@ -71,7 +67,7 @@ def load_checkpoint(ckpt_dir: Path, model, map_location="cpu") -> tuple[int, dic
     names = list(meta["files"])
     w = next(n for n in names if n.endswith(".safetensors"))
     s = next(n for n in names if n.endswith(".state.pt"))
-    model.load_state_dict(load_file(str(ckpt_dir / w), device=str(map_location)))
+    load_model(model, str(ckpt_dir / w), device=str(map_location))
     state = torch.load(ckpt_dir / s, map_location=map_location, weights_only=True)
     return int(meta["epoch"]), state
 
@@ -83,5 +79,5 @@ def save_best(ckpt_dir: Path, model, info: dict) -> None:
 
 def load_best(ckpt_dir: Path, model, map_location="cpu") -> dict:
     meta = _verify(ckpt_dir, "best.json")
-    model.load_state_dict(load_file(str(ckpt_dir / "best.safetensors"), device=str(map_location)))
+    load_model(model, str(ckpt_dir / "best.safetensors"), device=str(map_location))
     return meta

@@ -1,0 +1,328 @@
+"""Chunk-causal Linear Dispatcher Attention (LDA), the attention layer of ELASTIC.
+
+See ``/work/shared/ELASTIC.md`` for the definition. Summary, per head (head dim ``d_h``):
+
+**Aggregate** (dispatchers read the history). ``k`` learned dispatcher queries ``Q_P`` (one set
+per layer, used directly as the aggregation queries: a further ``Q_P Wq1`` would be redundant).
+Dispatcher ``j``'s state over a set ``S`` of positions is
+``P_j = sum_{s in S} softmax_s(q_j . k1_s / sqrt(d_h)) v1_s`` with ``k1, v1 = X Wk1, X Wv1``.
+
+* *Chunk-causal*: positions are grouped in chunks of ``C``; chunk ``c`` reads the dispatchers
+  packed from all valid positions of chunks ``< c`` (exclusive by chunk). Padding is never read.
+* *Chunk alignment*: sequences are LEFT-padded (the last item is at position ``L-1``), and chunk
+  boundaries are counted from the END: the sequence is padded on the left to a multiple of ``C``
+  internally, so position ``t`` is in chunk ``(t + (-L) % C) // C``. Extra left padding therefore
+  never moves a boundary relative to the real items, and a sequence's outputs do not depend on
+  how much padding it carries.
+* *Empty history*: every dispatcher also owns a learned pseudo-entry ``(logit b_j, value e_j)``
+  (``empty_logit`` [H, k], ``empty_value`` [H, k, d_h]) that is ALWAYS part of the softmax, as
+  if it were one more key/value pair. So the state is never empty, chunk 0 (or any chunk with no
+  valid earlier items) gets exactly ``e_j``, and as history grows its weight fades smoothly.
+* *One pass*: per chunk we compute the partial log-sum-exp state ``(max m, numerator,
+  denominator)`` of every dispatcher (:func:`chunk_partials`), then an exclusive prefix-combine
+  over chunks (:func:`exclusive_chunk_states`: the empty entry is prepended and an inclusive
+  Hillis-Steele scan with the associative :func:`combine_states` runs in ``ceil(log2(L/C))``
+  vectorised steps), then :func:`finalize_state` divides. All of it in fp32 whatever the input
+  dtype (bf16 / fp16 / fp32; float64 stays float64), cast back at the end. The running max is a
+  detached stabiliser, so the result is an exact softmax at any input scale.
+
+The packed ``P`` [B, L/C, k, D] (heads merged) goes through an output projection and, if a memory
+module is given, ``P <- P + memory(P)`` (any module mapping [..., D] -> [..., D]).
+
+**Distribute** (each position reads the dispatchers). Position ``t`` attends with ONE joint softmax
+over the ``k`` dispatchers of its chunk (keys ``P Wk2``, values ``P Wv2``) and, if ``use_local``,
+the valid positions ``s <= t`` of its own chunk (keys ``X Wk2'``, values ``X Wv2'``; separate
+projections by default, ``shared_local_kv=True`` reuses ``Wk2, Wv2``). The query projection
+``Wq2`` is shared by both parts. Output projection ``Wo``. Padding query positions output zeros.
+
+Cost ``O(L k d + L C d)`` time and ``O(L/C k d + L C)`` extra memory: no L x L tensor anywhere
+(the scan's rescaling factors ``exp(m - M)`` are constants because the running max is detached,
+so backward keeps only ``O(L/C k log(L/C))`` scalars for it, not the ``d``-wide states).
+The memory module sees the dispatchers of every chunk, including chunks made only of padding
+(their P is the empty-history state): a memory with batch statistics (BatchNorm queries) in
+training mode therefore depends on the padding; use LayerNorm queries where that matters.
+Dropout (training only) applies to the aggregation weights (the numerators, which equals dropping
+normalised attention probabilities) and to the distribution attention probabilities.
+
+:func:`dispatcher_attention_reference` is the slow per-position definition used by the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# "minus infinity" for the running max of a state that holds no entry; finite so that combining
+# two empty states never computes inf - inf.
+_EMPTY_MAX = -1e30
+
+
+class LSEState(NamedTuple):
+    """A running softmax-aggregation state per dispatcher (fp32, or float64 for float64 inputs).
+
+    ``m`` [..., k]: stabilising max (detached); ``num`` [..., k, d_h]: sum of
+    ``exp(score - m) * value``; ``den`` [..., k]: sum of ``exp(score - m)``.
+    The represented aggregate is ``num / den``; every state with ``den > 0`` is a valid softmax.
+    """
+
+    m: torch.Tensor
+    num: torch.Tensor
+    den: torch.Tensor
+
+
+def chunk_partials(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                   dropout_p: float = 0.0, training: bool = False) -> LSEState:
+    """Partial state of each chunk.
+
+    scores [..., k, C] and values [..., C, d_h] in the accumulation dtype, mask bool broadcastable to
+    scores (True = position takes part). A chunk without any valid position gets
+    ``m = _EMPTY_MAX, num = 0, den = 0``. Dropout (if any) hits the numerator weights only.
+    """
+    s = scores.masked_fill(~mask, float("-inf"))
+    m = s.amax(dim=-1).detach()
+    m = torch.where(torch.isfinite(m), m, torch.full_like(m, _EMPTY_MAX))
+    w = torch.exp(s - m[..., None])
+    den = w.sum(dim=-1)
+    if dropout_p > 0.0 and training:
+        w = F.dropout(w, dropout_p, training=True)
+    num = w @ values
+    return LSEState(m, num, den)
+
+
+def empty_state(logit: torch.Tensor, value: torch.Tensor) -> LSEState:
+    """State holding only the learned empty-history entry: logit [..., k], value [..., k, d_h]."""
+    m = logit.detach()
+    den = torch.exp(logit - m)  # == 1, but carries the gradient w.r.t. the logit
+    return LSEState(m, value * den[..., None], den)
+
+
+def combine_states(a: LSEState, b: LSEState) -> LSEState:
+    """Merge two states (associative and commutative): the union of their entries."""
+    m = torch.maximum(a.m, b.m)
+    ea, eb = torch.exp(a.m - m), torch.exp(b.m - m)
+    return LSEState(m, a.num * ea[..., None] + b.num * eb[..., None], a.den * ea + b.den * eb)
+
+
+def finalize_state(s: LSEState) -> torch.Tensor:
+    """The aggregate ``num / den`` [..., k, d_h] (den >= 1 whenever the empty entry is included)."""
+    return s.num / s.den[..., None]
+
+
+def _slice(s: LSEState, dim: int, start: int, stop: int) -> LSEState:
+    return LSEState(*(t.narrow(dim, start, stop - start) for t in s))
+
+
+def _cat(a: LSEState, b: LSEState, dim: int) -> LSEState:
+    return LSEState(*(torch.cat((x, y), dim=dim) for x, y in zip(a, b)))
+
+
+def inclusive_scan(s: LSEState, dim: int) -> LSEState:
+    """Inclusive prefix-combine along ``dim`` (a non-negative dim of ``m``, valid for all three
+    fields since ``num`` only adds a trailing dim): Hillis-Steele, ``ceil(log2 n)`` steps."""
+    n = s.m.shape[dim]
+    off = 1
+    while off < n:
+        comb = combine_states(_slice(s, dim, 0, n - off), _slice(s, dim, off, n))
+        s = _cat(_slice(s, dim, 0, off), comb, dim)
+        off *= 2
+    return s
+
+
+def exclusive_chunk_states(partials: LSEState, init: LSEState, dim: int) -> LSEState:
+    """State seen by chunk c = init (the empty-history entry) + partials of chunks < c.
+
+    ``init`` must have size 1 along ``dim`` and broadcast-compatible other dims."""
+    init = LSEState(*(i.expand_as(p.narrow(dim, 0, 1)) for i, p in zip(init, partials)))
+    n = partials.m.shape[dim]
+    seq = _cat(init, _slice(partials, dim, 0, n - 1), dim)
+    return inclusive_scan(seq, dim)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32 / bf16 / fp16 inputs; float64 stays float64 (used by the tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_index(L: int, C: int, device=None) -> torch.Tensor:
+    """Chunk of each position of a length-L window, boundaries aligned to the END (position L-1)."""
+    return (torch.arange(L, device=device) + (-L) % C) // C
+
+
+class DispatcherAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int = 1, n_dispatchers: int = 16,
+                 chunk_size: int = 64, dropout: float = 0.0, use_local: bool = True,
+                 memory: nn.Module | None = None, shared_local_kv: bool = False):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if chunk_size < 1 or n_dispatchers < 1:
+            raise ValueError("chunk_size and n_dispatchers must be >= 1")
+        self.d_model, self.h, self.dh = d_model, n_heads, d_model // n_heads
+        self.k, self.C = n_dispatchers, chunk_size
+        self.dropout = dropout
+        self.use_local = use_local
+        self.shared_local_kv = shared_local_kv
+        # aggregate
+        self.dispatchers = nn.Parameter(torch.empty(n_dispatchers, d_model))   # Q_P
+        self.agg_kv = nn.Linear(d_model, 2 * d_model)                          # Wk1, Wv1
+        self.empty_logit = nn.Parameter(torch.zeros(n_heads, n_dispatchers))
+        self.empty_value = nn.Parameter(torch.empty(n_heads, n_dispatchers, self.dh))
+        self.pack_out = nn.Linear(d_model, d_model)
+        self.memory = memory
+        # distribute
+        self.q = nn.Linear(d_model, d_model)                                   # Wq2
+        self.disp_kv = nn.Linear(d_model, 2 * d_model)                         # Wk2, Wv2
+        self.local_kv = (nn.Linear(d_model, 2 * d_model)                        # Wk2', Wv2'
+                         if use_local and not shared_local_kv else None)
+        self.out = nn.Linear(d_model, d_model)                                 # Wo
+        self.reset_dispatchers()
+
+    def reset_dispatchers(self) -> None:
+        """(Re-)initialise the layer's own tensors: dispatcher queries ~ N(0, 1) (distinct,
+        O(1) logits against unit-scale keys), empty-history logits 0 and values ~ N(0, 0.02).
+        Call it after a model-wide small-std init, which would make all dispatchers alike."""
+        nn.init.normal_(self.dispatchers, std=1.0)
+        nn.init.zeros_(self.empty_logit)
+        nn.init.normal_(self.empty_value, std=0.02)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.h}, n_dispatchers={self.k}, "
+                f"chunk_size={self.C}, use_local={self.use_local}, dropout={self.dropout}")
+
+    # ---------------------------------------------------------------- pieces (also for streaming)
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[..., n, D] -> [..., H, n, d_h] with the head dim moved before the token dim."""
+        t = t.unflatten(-1, (self.h, self.dh))
+        return t.transpose(-2, -3)
+
+    def dispatcher_queries(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Q_P as [H, k, d_h] in the accumulation dtype."""
+        return self.dispatchers.to(dtype).view(self.k, self.h, self.dh).transpose(0, 1)
+
+    def initial_state(self, dtype: torch.dtype = torch.float32) -> LSEState:
+        """The empty-history state, [H, k] / [H, k, d_h], in the accumulation dtype."""
+        return empty_state(self.empty_logit.to(dtype), self.empty_value.to(dtype))
+
+    def local_kv_proj(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.disp_kv if self.local_kv is None else self.local_kv)(x)
+
+    def finish_pack(self, P: torch.Tensor) -> torch.Tensor:
+        """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory."""
+        P = self.pack_out(P)
+        if self.memory is not None:
+            P = P + self.memory(P)
+        return P
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        C, H, dh, k = self.C, self.h, self.dh, self.k
+        if valid is None:
+            valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
+        valid = valid.to(torch.bool)
+        pad = (-L) % C
+        if pad:
+            x = F.pad(x, (0, 0, pad, 0))
+            valid = F.pad(valid, (pad, 0), value=False)
+        n = (L + pad) // C
+        vmask = valid.view(B, 1, n, 1, C)                    # [B, 1, n, 1, C] over source positions
+        scale = 1.0 / math.sqrt(dh)
+        p_drop = self.dropout if self.training else 0.0
+        acc = accumulation_dtype(x.dtype)
+
+        # ---- aggregate: packed dispatchers per chunk, exclusive by chunk (fp32 accumulation)
+        kv1 = self.agg_kv(x).view(B, n, C, 2 * D)
+        k1, v1 = self._heads(kv1[..., :D]), self._heads(kv1[..., D:])   # [B, n, H, C, dh]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            k1, v1 = k1.transpose(1, 2).to(acc), v1.transpose(1, 2).to(acc)  # [B, H, n, C, dh]
+            scores = torch.einsum("bhncd,hkd->bhnkc", k1, self.dispatcher_queries(acc)) * scale
+            part = chunk_partials(scores, v1, vmask, p_drop, self.training)  # [B, H, n, k(, dh)]
+            init = LSEState(*(t.unsqueeze(1)[None] for t in self.initial_state(acc)))
+            states = exclusive_chunk_states(part, init, dim=2)
+            P = finalize_state(states)                                        # [B, H, n, k, dh]
+        P = P.permute(0, 2, 3, 1, 4).reshape(B, n, k, D).to(x.dtype)
+        P = self.finish_pack(P)                                               # [B, n, k, D]
+
+        # ---- distribute: joint softmax over the chunk's dispatchers and causal local positions
+        q2 = self._heads(self.q(x).view(B, n, C, D)).transpose(1, 2)          # [B, H, n, C, dh]
+        kvp = self.disp_kv(P)
+        kp = self._heads(kvp[..., :D]).transpose(1, 2)                        # [B, H, n, k, dh]
+        vp = self._heads(kvp[..., D:]).transpose(1, 2)
+        s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                      # [B, H, n, C, k]
+        if self.use_local:
+            kvl = self.local_kv_proj(x).view(B, n, C, 2 * D)
+            kl = self._heads(kvl[..., :D]).transpose(1, 2)                    # [B, H, n, C, dh]
+            vl = self._heads(kvl[..., D:]).transpose(1, 2)
+            sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                 # [B, H, n, C, C]
+            causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+            sl = sl.masked_fill(~(causal & vmask), float("-inf"))
+            s = torch.cat((s, sl), dim=-1)
+        a = torch.softmax(s, dim=-1)
+        if p_drop > 0.0:
+            a = F.dropout(a, p_drop, training=True)
+        a = a.to(vp.dtype)
+        y = a[..., :k] @ vp
+        if self.use_local:
+            y = y + a[..., k:].to(vl.dtype) @ vl
+        y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
+        y = self.out(y)[:, pad:]
+        return y.masked_fill(~valid[:, pad:, None], 0.0)
+
+
+def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
+                                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Slow, per-position definition of :class:`DispatcherAttention` (same weights; no dropout).
+
+    For each row b and valid position t: aggregate every dispatcher with a plain softmax over the
+    empty-history entry plus the valid positions of chunks strictly before t's chunk (chunks
+    aligned to the end of the window), apply the output projection and memory, then attend in one
+    softmax to those k dispatchers plus the valid positions of t's own chunk up to t.
+    """
+    m = module
+    B, L, D = x.shape
+    H, dh, k = m.h, m.dh, m.k
+    if valid is None:
+        valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
+    valid = valid.to(torch.bool)
+    chunk = _chunk_index(L, m.C).tolist()
+    scale = 1.0 / math.sqrt(dh)
+    kv1 = m.agg_kv(x)
+    k1, v1 = kv1[..., :D].view(B, L, H, dh), kv1[..., D:].view(B, L, H, dh)
+    q2 = m.q(x).view(B, L, H, dh)
+    if m.use_local:
+        kvl = m.local_kv_proj(x)
+        kl, vl = kvl[..., :D].view(B, L, H, dh), kvl[..., D:].view(B, L, H, dh)
+    qp = m.dispatchers.view(k, H, dh)
+    rows = []
+    for b in range(B):
+        outs = []
+        for t in range(L):
+            if not bool(valid[b, t]):
+                outs.append(torch.zeros(D, dtype=x.dtype, device=x.device))
+                continue
+            S = [s for s in range(L) if bool(valid[b, s]) and chunk[s] < chunk[t]]
+            heads = []
+            for h in range(H):
+                logits = torch.cat([m.empty_logit[h][:, None],                      # [k, 1]
+                                    (qp[:, h] @ k1[b, S, h].T) * scale], dim=1)     # [k, 1+|S|]
+                w = torch.softmax(logits, dim=1)
+                heads.append(w[:, :1] * m.empty_value[h] + w[:, 1:] @ v1[b, S, h])  # [k, dh]
+            P = m.finish_pack(torch.stack(heads, dim=1).reshape(k, D))             # [k, D]
+            kvp = m.disp_kv(P)
+            kp, vp = kvp[:, :D].view(k, H, dh), kvp[:, D:].view(k, H, dh)
+            loc = [s for s in range(t + 1) if m.use_local and bool(valid[b, s]) and chunk[s] == chunk[t]]
+            heads = []
+            for h in range(H):
+                keys, vals = kp[:, h], vp[:, h]
+                if loc:
+                    keys = torch.cat([keys, kl[b, loc, h]], dim=0)
+                    vals = torch.cat([vals, vl[b, loc, h]], dim=0)
+                w = torch.softmax((keys @ q2[b, t, h]) * scale, dim=0)
+                heads.append(w @ vals)
+            outs.append(m.out(torch.cat(heads)))
+        rows.append(torch.stack(outs))
+    return torch.stack(rows)

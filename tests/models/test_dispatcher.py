@@ -1,0 +1,240 @@
+"""Chunk-causal Linear Dispatcher Attention: fast path == per-position reference, causality,
+padding / batch invariance, mixed precision and numerical stability."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from elasticrec.models.layers.dispatcher import (
+    DispatcherAttention,
+    LSEState,
+    chunk_partials,
+    combine_states,
+    dispatcher_attention_reference,
+    empty_state,
+    exclusive_chunk_states,
+    finalize_state,
+)
+from elasticrec.models.layers.pkm import ProductKeyMemory
+
+D = 8
+
+
+def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial values for every parameter (e.g. the zero-initialised empty logits)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return module
+
+
+def _memory(kind: str | None):
+    if kind is None:
+        return None
+    if kind == "linear":
+        return nn.Linear(D, D)
+    return ProductKeyMemory(D, n_keys=8, heads=2, topk=3, key_dim=4, query_norm="layernorm")
+
+
+def _make(L, C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
+                            memory=_memory(memory), shared_local_kv=shared)
+    return _randomize(m, seed).to(dtype).eval()
+
+
+def _left_valid(L, lengths):
+    return torch.arange(L)[None, :] >= (L - torch.tensor(lengths))[:, None]
+
+
+CASES = [
+    # L, C, k, H, use_local, memory, shared_local_kv
+    (10, 4, 3, 2, True, None, False),     # L not a multiple of C
+    (12, 4, 2, 1, True, "linear", False),  # exact multiple
+    (7, 16, 3, 2, True, None, False),     # L < C: a single chunk
+    (9, 1, 3, 2, True, "pkm", False),     # C = 1
+    (11, 3, 4, 2, False, "pkm", False),   # no local attention
+    (13, 5, 2, 2, True, "linear", True),  # local attention shares the dispatcher k/v projection
+]
+
+
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared", CASES)
+def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared):
+    m = _make(L, C, k, H, use_local, memory, shared)
+    g = torch.Generator().manual_seed(1)
+    lengths = [L, L - 2, 1, 0][:4]
+    valid = _left_valid(L, lengths)
+    x = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64)
+
+    y = m(x, valid)
+    params = [p for p in m.parameters()]
+    gy = torch.autograd.grad((y * w).sum(), [x] + params, allow_unused=True)
+
+    r = dispatcher_attention_reference(m, x, valid)
+    gr = torch.autograd.grad((r * w).sum(), [x] + params, allow_unused=True)
+
+    assert y.shape == (len(lengths), L, D)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-7)
+    assert torch.all(y[~valid] == 0)
+    names = ["x"] + [n for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, gy, gr):
+        if a is None or b is None:
+            assert a is None or torch.all(a == 0), name
+            assert b is None or torch.all(b == 0), name
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda s: f"{name}: {s}")
+
+
+def test_valid_none_means_all_valid():
+    m = _make(10, 4, 3, 2, memory="linear")
+    x = torch.randn(2, 10, D, dtype=torch.float64)
+    torch.testing.assert_close(m(x), m(x, torch.ones(2, 10, dtype=torch.bool)))
+    torch.testing.assert_close(m(x), dispatcher_attention_reference(m, x, None))
+
+
+def test_empty_history_is_the_learned_entry():
+    """Positions in the first chunk see exactly the empty-history values as dispatchers."""
+    m = _make(8, 4, 3, 2, memory=None)
+    x = torch.randn(1, 8, D, dtype=torch.float64)
+    valid = _left_valid(8, [5])  # real items at 3..7; chunks {0..3}, {4..7}: chunk 0 has one item
+    y = m(x, valid)
+    # rebuild position 3 (first real item, chunk 0) by hand: dispatchers = empty_value
+    H, dh, k = m.h, m.dh, m.k
+    P = m.finish_pack(m.empty_value.transpose(0, 1).reshape(k, D))
+    kvp = m.disp_kv(P)
+    kp, vp = kvp[:, :D].view(k, H, dh), kvp[:, D:].view(k, H, dh)
+    q = m.q(x[0, 3]).view(H, dh)
+    kvl = m.local_kv(x[0, 3]).view(2, H, dh)
+    out = []
+    for h in range(H):
+        keys = torch.cat([kp[:, h], kvl[0, h][None]])
+        vals = torch.cat([vp[:, h], kvl[1, h][None]])
+        out.append(torch.softmax(keys @ q[h] / dh ** 0.5, 0) @ vals)
+    torch.testing.assert_close(y[0, 3], m.out(torch.cat(out)))
+
+
+@pytest.mark.parametrize("C", [1, 3, 4])
+def test_no_future_leakage(C):
+    L = 11
+    m = _make(L, C, 3, 2, memory="pkm")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, L, D, generator=g, dtype=torch.float64)
+    valid = _left_valid(L, [L, 8])
+    y = m(x, valid)
+    for t in range(L - 1):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn(2, L - t - 1, D, generator=g, dtype=torch.float64) * 3
+        y2 = m(x2, valid)
+        assert torch.equal(y[:, : t + 1], y2[:, : t + 1]), t
+        xg = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(m(xg, valid)[:, : t + 1].sum(), xg)
+        assert torch.all(gx[:, t + 1:] == 0), t
+        assert gx[:, : t + 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("use_local", [True, False])
+def test_left_padding_and_batch_invariance(use_local):
+    C, n = 8, 13
+    m = _make(64, C, 4, 2, use_local=use_local, memory="pkm", dtype=torch.float32)
+    g = torch.Generator().manual_seed(4)
+    seq = torch.randn(1, n, D, generator=g)
+    base = m(seq)  # no padding at all
+    for extra in (0, 5, 37):
+        junk = torch.randn(1, extra, D, generator=g) * 10  # padding content must not matter
+        xp = torch.cat([junk, seq], dim=1)
+        valid = _left_valid(n + extra, [n])
+        yp = m(xp, valid)
+        torch.testing.assert_close(yp[:, extra:], base, rtol=1e-5, atol=1e-6)
+        assert torch.all(yp[:, :extra] == 0)
+    # batch composition: each row alone (unpadded) == that row inside a padded batch
+    lengths = [13, 3, 29, 8]
+    seqs = [torch.randn(1, ln, D, generator=g) for ln in lengths]
+    Lb = max(lengths)
+    xb = torch.cat([torch.cat([torch.randn(1, Lb - s.shape[1], D, generator=g), s], 1) for s in seqs])
+    yb = m(xb, _left_valid(Lb, lengths))
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(yb[i, Lb - s.shape[1]:], m(s)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_only_in_training_and_finite():
+    m = _make(20, 4, 3, 2, memory="linear", dtype=torch.float32)
+    m.dropout = 0.5
+    x = torch.randn(2, 20, D)
+    valid = _left_valid(20, [20, 9])
+    torch.testing.assert_close(m(x, valid), m(x, valid))  # eval: deterministic
+    m.train()
+    a, b = m(x, valid), m(x, valid)
+    assert torch.isfinite(a).all() and not torch.equal(a, b)
+    a.sum().backward()
+
+
+def test_large_inputs_are_finite():
+    m = _make(70, 8, 4, 2, memory="pkm", dtype=torch.float32)
+    x = (torch.randn(3, 70, D) * 100).requires_grad_(True)
+    valid = _left_valid(70, [70, 33, 1])
+    y = m(x, valid)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    # and still the exact softmax: compare with the reference at this scale (float64)
+    md = copy.deepcopy(m).double()
+    xd = x.detach().double()
+    torch.testing.assert_close(md(xd, valid), dispatcher_attention_reference(md, xd, valid),
+                               rtol=1e-6, atol=1e-6)
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_bf16_close_to_fp32_reference():
+    L = 40
+    m32 = _make(L, 8, 4, 2, memory="pkm", dtype=torch.float32)
+    mbf = copy.deepcopy(m32).to(torch.bfloat16)
+    ref_module = copy.deepcopy(mbf).float()  # same (bf16-rounded) weights, fp32 math
+    x = torch.randn(2, L, D)
+    valid = _left_valid(L, [L, 17])
+    y = mbf(x.to(torch.bfloat16), valid)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    r = dispatcher_attention_reference(ref_module, x.to(torch.bfloat16).float(), valid)
+    assert _rel_err(y, r) < 2e-2
+    # autocast on CPU: fp32 module, bf16 matmuls, fp32 accumulation of the states
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = m32(x, valid)
+    assert torch.isfinite(ya).all()
+    assert _rel_err(ya, dispatcher_attention_reference(m32, x, valid)) < 3e-2
+
+
+# ---------------------------------------------------------------- aggregation helpers
+
+
+def test_state_helpers_exact_softmax():
+    """Chunk partials + exclusive scan == direct softmax over (empty entry + earlier chunks)."""
+    g = torch.Generator().manual_seed(5)
+    k, C, dh, n = 3, 4, 5, 7
+    scores = torch.randn(n, k, C, generator=g, dtype=torch.float64) * 30
+    values = torch.randn(n, C, dh, generator=g, dtype=torch.float64)
+    mask = torch.rand(n, 1, C, generator=g) > 0.4
+    mask[2] = False  # a chunk with no valid position
+    logit = torch.randn(k, dtype=torch.float64)
+    val = torch.randn(k, dh, dtype=torch.float64)
+    part = chunk_partials(scores, values, mask)
+    init = LSEState(*(t[None] for t in empty_state(logit, val)))
+    got = finalize_state(exclusive_chunk_states(part, init, dim=0))  # [n, k, dh]
+    for c in range(n):
+        s = torch.cat([logit[:, None]] + [scores[i][:, mask[i, 0]] for i in range(c)], dim=1)
+        v = [val[:, None, :].expand(k, 1, dh)] + [values[i][mask[i, 0]][None].expand(k, -1, -1)
+                                                 for i in range(c)]
+        want = (torch.softmax(s, 1)[..., None] * torch.cat(v, dim=1)).sum(1)
+        torch.testing.assert_close(got[c], want)
+    # combining is associative / order-free
+    a, b, c_ = (chunk_partials(scores[i], values[i], mask[i]) for i in (0, 1, 3))
+    l = finalize_state(combine_states(combine_states(a, b), c_))
+    r = finalize_state(combine_states(a, combine_states(c_, b)))
+    torch.testing.assert_close(l, r)

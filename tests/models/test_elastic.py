@@ -1,0 +1,65 @@
+"""Whole-model properties of ELASTIC (layer-level equivalence tests live in test_dispatcher.py)."""
+
+import pytest
+import torch
+
+from elasticrec.config import ElasticConfig, ModelConfig
+from elasticrec.models import build_model
+
+
+def _model(memory=True, **ekw):
+    e = ElasticConfig(n_dispatchers=4, chunk_size=4, memory=memory, memory_n_keys=8,
+                      memory_heads=2, memory_topk=4, memory_key_dim=8, **ekw)
+    cfg = ModelConfig(name="elastic", max_len=32, d_model=16, n_layers=2, n_heads=2,
+                      dropout=0.0, elastic=e)
+    torch.manual_seed(0)
+    return build_model(cfg, n_items=60).eval()
+
+
+@pytest.mark.parametrize("memory", [False, True])
+@pytest.mark.parametrize("use_local", [False, True])
+def test_no_future_leakage_forward_and_grad(memory, use_local):
+    m = _model(memory, use_local=use_local)
+    items = torch.randint(1, 61, (3, 30))
+    items[1, :7] = 0
+    for t in (2, 11, 20):
+        changed = items.clone()
+        changed[:, t + 1:] = torch.randint(1, 61, (3, 30 - t - 1))
+        a, b = m.encode(items), m.encode(changed)
+        torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], atol=0, rtol=0)
+    emb = m.item_emb(items).detach().requires_grad_(True)
+    hook = m.item_emb.register_forward_hook(lambda mod, inp, o: emb)
+    try:
+        g, = torch.autograd.grad(m.encode(items)[:, :15].sum(), emb)
+    finally:
+        hook.remove()
+    assert g[:, 15:].abs().max() == 0 and g[:, :15].abs().max() > 0
+
+
+def test_left_padding_and_batch_composition_invariance():
+    m = _model(True)
+    seq = torch.randint(1, 61, (1, 13))
+    outs = []
+    for pad in (0, 5, 19):
+        x = torch.cat([torch.zeros(1, pad, dtype=torch.long), seq], 1)
+        outs.append(m.encode(x)[:, -13:])
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], atol=1e-5, rtol=1e-5)
+    other = torch.randint(1, 61, (2, 32))
+    batch = torch.cat([other[:1], torch.cat([torch.zeros(1, 19, dtype=torch.long), seq], 1), other[1:]])
+    torch.testing.assert_close(m.encode(batch)[1:2, -13:], outs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_memory_usage_reported_and_value_lr_group():
+    m = _model(True, memory_value_lr=0.01)
+    m.encode(torch.randint(1, 61, (4, 32)))
+    stats = m.extra_metrics()
+    assert any(k.endswith("frac_used") for k in stats) and all(v == v for v in stats.values())
+    groups = m.param_groups(1e-3, 0.0)
+    assert any(g["lr"] == 0.01 for g in groups)
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in m.parameters())
+
+
+def test_memory_off_has_no_memory():
+    assert not list(_model(False).memories)

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from elasticrec.cli import main
+
+SMALL = ["--set", "data.synthetic.n_users=60", "--set", "data.synthetic.n_items=40",
+         "--set", "data.synthetic.min_len=10", "--set", "data.synthetic.max_len=30",
+         "--set", "data.synthetic.n_clusters=4", "--set", "model.max_len=24",
+         "--set", "model.d_model=16", "--set", "train.batch_size=32", "--set", "eval.ks=1,10"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"],
+                                  ["data", "stats", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "2",
+               "--run-dir", str(run), "--no-progress", *SMALL])
+    assert rc == 0
+    test = json.loads((run / "test_metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["HR@10"] == pytest.approx(test["HR@10"])
+    assert main(["evaluate", "--run", str(run), "--protocol", "sampled"]) == 0
+    assert json.loads(capsys.readouterr().out)["protocol"].startswith("SAMPLED")
+
+
+def test_data_stats(capsys):
+    assert main(["data", "stats", "--dataset", "synthetic", "--json", *SMALL]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["users"] == 60 and s["items"] <= 40 and 10 <= s["min_len"] <= s["max_len"] <= 30
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["data", "stats", "--dataset", "synthetic", "--set", "data.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'data.nope'" in err and "valid keys here" in err
+
+
+def test_console_entry_point_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "elasticrec", "models"], capture_output=True, text=True)
+    assert out.returncode == 0 and "sasrec" in out.stdout
