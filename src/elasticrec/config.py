@@ -44,7 +44,7 @@ class DataConfig:
     name: str = "ml-1m"  # preset name (see elasticrec.data.registry) or "custom"
     format: str | None = None  # reader; inferred from the preset when None
     path: str | None = None  # file or directory; else $ELASTICREC_DATA, else the user cache dir
-    cache_dir: str | None = None  # processed-array cache; default: user cache dir
+    cache_dir: str | None = None  # processed-array cache; default: $ELASTICREC_CACHE, else user cache dir
     user_col: str = "user_id"
     item_col: str = "item_id"
     time_col: str | None = "timestamp"

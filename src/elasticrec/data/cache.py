@@ -42,6 +42,8 @@ _ARRAYS = ("items", "offsets", "item_raw_ids", "user_raw_ids", "timestamps")
 def default_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir:
         return Path(cache_dir).expanduser()
+    if os.environ.get("ELASTICREC_CACHE"):
+        return Path(os.environ["ELASTICREC_CACHE"]).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("elasticrec")) / "processed"
