@@ -24,7 +24,8 @@ def summarise(run: Path) -> dict | None:
     variant = ""
     if cfg["model"]["name"] == "elastic":
         variant = f"k={e['n_dispatchers']} C={e['chunk_size']} IMR={'on' if e['memory'] else 'off'}" + \
-                  ("" if e.get("use_local", True) else " no-local")
+                  ("" if e.get("use_local", True) else " no-local") + \
+                  (f" {e['memory_query_norm']}" if e["memory"] and e.get("memory_query_norm") != "layernorm" else "")
     return {
         "run": run.name, "dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "variant": variant,
         "L": cfg["model"]["max_len"], "d": cfg["model"]["d_model"], "loss": cfg["train"]["loss"],
