@@ -156,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list registered models")
     m.set_defaults(func=cmd_models)
+
+    for module in ("elasticrec.serving.cli", "elasticrec.bench.cli"):  # optional command groups
+        try:
+            mod = __import__(module, fromlist=["add_subcommands"])
+        except ModuleNotFoundError as e:
+            if e.name is None or not module.startswith(e.name):
+                raise
+            continue
+        mod.add_subcommands(sub)
     return p
 
 

@@ -62,6 +62,8 @@ class ElasticConfig:
     n_dispatchers: int = 16  # k interest experts per layer
     chunk_size: int = 64  # C
     use_local: bool = True  # joint softmax over dispatchers + causal local chunk
+    chunk_align: str = "end"  # end: chunk grid ends at the last item; start: starts at the first
+    # item of the history (needed for constant-cost streaming updates, see elasticrec.serving)
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR
     memory_n_keys: int = 256  # sub-keys per codebook: n_keys^2 slots
@@ -88,7 +90,7 @@ class ModelConfig:
     ffn_dim: int | None = None  # default: d_model (SASRec) or 4*d_model
     dropout: float = 0.2
     emb_dropout: float | None = None  # default: dropout
-    pos_encoding: str = "learned"  # learned | none | rotary
+    pos_encoding: str = "learned"  # learned (counted from the end) | learned-start | none | rotary
     norm_first: bool = True
     init_std: float = 0.02
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
@@ -144,7 +146,8 @@ class ExperimentConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.pos_encoding": ("learned", "none", "rotary"),
+    "model.pos_encoding": ("learned", "learned-start", "none", "rotary"),
+    "model.elastic.chunk_align": ("end", "start"),
     "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
     "train.schedule": ("constant", "cosine"),
     "train.loss": ("ce", "sampled", "bce"),
