@@ -52,6 +52,10 @@ class SequentialRecommender(nn.Module):
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`encode` (so DistributedDataParallel can wrap any model)."""
+        return self.encode(items, timestamps)
+
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight
 

@@ -15,7 +15,7 @@ from elasticrec.data.sequences import SequenceData
 class TrainSequences:
     def __init__(self, data: SequenceData, max_len: int):
         self.data, self.max_len = data, max_len
-        lens = np.array([data.split_end(u, "train") - data.offsets[u] for u in range(data.n_users)])
+        lens = np.maximum(data.lengths - 2, 0)  # == split_end(u, "train") - offsets[u]
         self.users = np.nonzero(lens >= 2)[0]  # need at least one (input, target) pair
         self.train_len = lens
 
@@ -35,10 +35,8 @@ class TrainSequences:
         return inputs, targets
 
     def epoch_batches(self, batch_size: int, rng: np.random.Generator, rank: int = 0, world: int = 1):
-        """Shuffled user batches; with ``world`` > 1 each rank gets an equal disjoint slice."""
+        """Shuffled global batches of ``batch_size`` users; with ``world`` > 1 rank r gets the
+        ``r::world`` slice of each global batch (possibly empty for a short last batch)."""
         order = self.users[rng.permutation(len(self.users))]
-        if world > 1:
-            n = len(order) // world * world
-            order = order[:n][rank::world]
         for s in range(0, len(order), batch_size):
-            yield order[s: s + batch_size]
+            yield order[s: s + batch_size][rank::world]

@@ -16,7 +16,8 @@ from elasticrec.config import TrainConfig
 
 
 def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
-                   log_q: torch.Tensor | None = None) -> torch.Tensor:
+                   log_q: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Loss averaged (``reduction="mean"``) or summed (``"sum"``) over the valid positions."""
     mask = targets > 0
     h, t = h[mask], targets[mask]  # [N, D], [N]
     if t.numel() == 0:
@@ -25,19 +26,20 @@ def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     if cfg.loss == "ce":
         logits = (h @ emb.t()).float() / cfg.temperature
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, t)
+        return F.cross_entropy(logits, t, reduction=reduction)
     if cfg.loss == "bce":
         neg = torch.randint(1, emb.shape[0], t.shape, device=t.device)
         neg = torch.where(neg == t, neg % (emb.shape[0] - 1) + 1, neg)
         pos_l = (h * emb[t]).sum(-1).float()
         neg_l = (h * emb[neg]).sum(-1).float()
-        return F.softplus(-pos_l).mean() + F.softplus(neg_l).mean()
+        per = F.softplus(-pos_l) + F.softplus(neg_l)
+        return per.mean() if reduction == "mean" else per.sum()
     if cfg.loss == "sampled":
-        return _sampled_softmax(h, t, emb, cfg, log_q)
+        return _sampled_softmax(h, t, emb, cfg, log_q, reduction)
     raise ValueError(f"unknown loss {cfg.loss!r}; choose ce, sampled or bce")
 
 
-def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q):
+def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
     cands = []
     if cfg.in_batch_negatives:
         cands.append(t)
@@ -54,4 +56,4 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q):
         pos_logit = pos_logit - log_q[t][:, None]
     neg_logit = neg_logit.masked_fill(neg[None] == t[:, None], float("-inf"))  # accidental hits
     logits = torch.cat([pos_logit, neg_logit], 1) / cfg.temperature
-    return F.cross_entropy(logits, torch.zeros_like(t))
+    return F.cross_entropy(logits, torch.zeros_like(t), reduction=reduction)

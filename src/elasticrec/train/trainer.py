@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from elasticrec.config import ExperimentConfig, save_config
-from elasticrec.evaluate import Evaluator
+from elasticrec.evaluate import Evaluator, metrics_from_ranks
 from elasticrec.models import build_model
+from elasticrec.train import distributed as dist
 from elasticrec.train.batches import TrainSequences
 from elasticrec.train.checkpoint import load_best, load_checkpoint, save_best, save_checkpoint
 from elasticrec.train.losses import next_item_loss
@@ -79,13 +80,22 @@ class Trainer:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed, t.deterministic)
+        self.dist = dist.setup(t.device)
         self.device = resolve_device(t.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if data is None:
             from elasticrec.data import load_dataset
 
             data = load_dataset(cfg.data)
         self.data = data
         self.model = build_model(cfg.model, self.data.n_items).to(self.device)
+        self.net = self.model  # what the training step calls: the model, or its DDP wrapper
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.seqs = TrainSequences(self.data, cfg.model.max_len)
         self.evaluator = Evaluator(self.data, cfg.eval, cfg.model.max_len, self.device)
         self.steps_per_epoch = math.ceil(len(self.seqs) / t.batch_size)
@@ -97,14 +107,16 @@ class Trainer:
         self.amp = (t.amp == "bf16") or (t.amp == "auto" and self.device.type == "cuda")
         counts = torch.from_numpy(self.data.item_counts("train").astype(np.float64) + 1.0)
         self.log_q = (counts / counts.sum()).log().float().to(self.device)
+        self.main = self.dist.is_main  # only rank 0 writes the run directory
         if resume:
             self._resume()
-        else:
-            if (self.run_dir / "metrics.jsonl").exists():
-                raise TrainingError(f"{self.run_dir} already holds a run; use --resume or another --run-dir")
+        elif (self.run_dir / "metrics.jsonl").exists():
+            raise TrainingError(f"{self.run_dir} already holds a run; use --resume or another --run-dir")
+        if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
-        atomic_write_json(self.run_dir / "data.json", {**self.data.stats(), "meta": _jsonable(self.data.meta)})
+            save_config(cfg, self.run_dir / "config.yaml")
+            atomic_write_json(self.run_dir / "data.json", {**self.data.stats(), "meta": _jsonable(self.data.meta)})
+        dist.barrier(self.dist)
 
     # ------------------------------------------------------------------ checkpointing
     def _state_dict(self) -> dict:
@@ -124,12 +136,14 @@ class Trainer:
         self.state = TrainState(st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad_epochs"])
         # drop metric lines of epochs that ran after the checkpoint (the interrupted one)
         mpath = self.run_dir / "metrics.jsonl"
-        if mpath.exists():
+        if mpath.exists() and self.dist.is_main:
             lines = [ln for ln in mpath.read_text().splitlines()
                      if ln.strip() and json.loads(ln).get("epoch", -1) < self.state.epoch]
             mpath.write_text("".join(ln + "\n" for ln in lines))
 
     def _log(self, rec: dict) -> None:
+        if not self.main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -143,18 +157,21 @@ class Trainer:
             ep_stats = self._train_epoch(s.epoch, t_start)
             rec = {"epoch": s.epoch, "step": s.step, **ep_stats}
             if (s.epoch + 1) % t.eval_every == 0 or ep_stats.get("stopped"):
-                val = self.evaluator.evaluate(self.model, "valid")
+                val = self.evaluate("valid")
                 rec.update({f"valid/{k}": v for k, v in val.items()})
                 score = val[self.cfg.eval.select_metric]
                 if score > s.best:
                     s.best, s.best_epoch, s.bad_epochs = score, s.epoch, 0
-                    save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, self.cfg.eval.select_metric: score})
+                    if self.main:
+                        save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, self.cfg.eval.select_metric: score})
                 else:
                     s.bad_epochs += 1
             rec.update(self.model.extra_metrics(reset=True))
             self._log(rec)
             s.epoch += 1
-            save_checkpoint(self.ckpt_dir, s.epoch - 1, self.model, self._state_dict())
+            if self.main:
+                save_checkpoint(self.ckpt_dir, s.epoch - 1, self.model, self._state_dict())
+            dist.barrier(self.dist)
             if ep_stats.get("stopped"):
                 stop_reason = ep_stats["stopped"]
                 break
@@ -169,20 +186,27 @@ class Trainer:
         rng = np.random.default_rng([t.seed, epoch])
         torch.manual_seed(t.seed * 100003 + epoch)
         tot, n, tokens, t0 = 0.0, 0, 0, time.time()
-        bar = _progress(self.steps_per_epoch, f"epoch {epoch}", t.progress)
+        bar = _progress(self.steps_per_epoch, f"epoch {epoch}", t.progress and self.main)
         stopped = None
-        for users in self.seqs.epoch_batches(t.batch_size, rng):
-            inputs, targets = self.seqs.batch(users)
+        world = self.dist.world
+        for users in self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world):
+            inputs, targets = self.seqs.batch(users if len(users) else self.seqs.users[:1])
+            if not len(users):  # short last global batch: this rank contributes nothing
+                targets[:] = 0
             x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
             y = torch.from_numpy(targets).to(self.device, non_blocking=True)
             ctx = torch.autocast("cuda" if self.device.type == "cuda" else "cpu", dtype=torch.bfloat16) \
                 if self.amp else contextlib.nullcontext()
             with ctx:
-                h = self.model.encode(x)
-                loss = next_item_loss(self.model, h, y, t, self.log_q)
-            if not torch.isfinite(loss):
+                h = self.net(x)
+                loss_sum = next_item_loss(self.model, h, y, t, self.log_q, reduction="sum")
+            # mean over the *global* batch's target tokens (DDP averages gradients over ranks)
+            n_tok = dist.all_sum(torch.tensor([float((y > 0).sum()), loss_sum.item()]), self.dist)
+            loss = loss_sum * world / n_tok[0].clamp(min=1.0)
+            batch_loss = (n_tok[1] / n_tok[0].clamp(min=1.0)).item()
+            if not math.isfinite(batch_loss):
                 raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {s.step}; the last good "
+                    f"non-finite loss ({batch_loss}) at epoch {epoch}, step {s.step}; the last good "
                     f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate or enable grad_clip)")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -191,17 +215,19 @@ class Trainer:
             self.opt.step()
             self.sched.step()
             s.step += 1
-            tot += loss.item()
+            tot += batch_loss
             n += 1
-            tokens += int((y > 0).sum())
+            tokens += int(n_tok[0])
             bar.update(1)
             bar.set_postfix(loss=f"{tot / n:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
             if t.max_steps is not None and s.step >= t.max_steps:
                 stopped = f"max_steps={t.max_steps}"
                 break
-            if t.time_budget_s is not None and time.time() - t_start > t.time_budget_s:
-                stopped = f"time_budget_s={t.time_budget_s}"
-                break
+            if t.time_budget_s is not None:  # ranks agree, so none waits in a collective
+                over = torch.tensor([float(time.time() - t_start > t.time_budget_s)])
+                if dist.all_sum(over, self.dist).item() > 0:
+                    stopped = f"time_budget_s={t.time_budget_s}"
+                    break
         bar.close()
         dt = time.time() - t0
         out = {"loss": tot / max(1, n), "epoch_time_s": dt, "tokens_per_s": tokens / max(dt, 1e-9),
@@ -212,12 +238,21 @@ class Trainer:
             out["stopped"] = stopped
         return out
 
+    def evaluate(self, stage: str) -> dict:
+        """Full-ranking metrics; with several ranks each scores a shard and ranks are merged."""
+        users = self.data.eval_users(stage)[self.dist.rank::self.dist.world]
+        ranks = dist.gather_concat(self.evaluator.ranks(self.model, stage, users), self.dist)
+        res = metrics_from_ranks(ranks, self.cfg.eval.ks)
+        res.update({"n_users": int(ranks.size), "protocol": self.evaluator.label})
+        return res
+
     def test(self, stop_reason: str = "") -> dict:
         info = load_best(self.ckpt_dir, self.model, map_location=self.device)
-        res = self.evaluator.evaluate(self.model, "test")
+        res = self.evaluate("test")
         res.update({"best_epoch": info["epoch"], f"valid_{self.cfg.eval.select_metric}": info.get(self.cfg.eval.select_metric),
                     "stop_reason": stop_reason, "model": self.cfg.model.name, "dataset": self.cfg.data.name})
-        atomic_write_json(self.run_dir / "test_metrics.json", res)
+        if self.main:
+            atomic_write_json(self.run_dir / "test_metrics.json", res)
         return res
 
 
@@ -233,5 +268,8 @@ def _jsonable(d: dict) -> dict:
 
 def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False) -> tuple[Path, dict]:
     trainer = Trainer(cfg, run_dir, resume)
-    res = trainer.fit()
+    try:
+        res = trainer.fit()
+    finally:
+        dist.cleanup(trainer.dist)
     return trainer.run_dir, res
