@@ -50,3 +50,22 @@ def test_bad_override_is_a_clear_error(capsys):
 def test_console_entry_point_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "elasticrec", "models"], capture_output=True, text=True)
     assert out.returncode == 0 and "sasrec" in out.stdout
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--dataset", "synthetic", "--model", "nope"], "choose one of elastic"),
+    (["data", "stats", "--dataset", "nope"], "choose one of ml-1m"),
+    (["data", "stats", "--dataset", "synthetic", "--set", "train.loss=hinge"], "choose one of ce, sampled, bce"),
+    (["data", "stats", "--dataset", "synthetic", "--set", "model.max_len=many"], "expected an integer"),
+])
+def test_bad_names_and_types_list_valid_choices(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bad_config_file_is_rejected(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochz: 3\n")
+    assert main(["data", "stats", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "c.yaml" in err and "epochz" in err and "valid keys here" in err

@@ -52,7 +52,19 @@ def resolve_config(args) -> ExperimentConfig:
     cfg = merge(cfg, top)
     for o in args.overrides:
         cfg = merge(cfg, parse_override(o))
+    validate_names(cfg)
     return cfg
+
+
+def validate_names(cfg: ExperimentConfig) -> None:
+    """Reject unknown model / dataset names up front, listing the valid choices."""
+    from elasticrec.data import DATASETS
+    from elasticrec.models import list_models
+
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of {', '.join(list_models())}")
+    if cfg.data.name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def cmd_train(args) -> int:

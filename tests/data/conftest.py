@@ -13,6 +13,7 @@ from elasticrec.data import registry
 def _isolate(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("xdg")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))  # platformdirs user_cache_dir -> tmp
+    monkeypatch.delenv("ELASTICREC_CACHE", raising=False)
 
     def offline(*a, **k):
         raise urllib.error.URLError("network disabled in tests")
