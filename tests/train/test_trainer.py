@@ -106,3 +106,17 @@ def test_elastic_trains_with_memory(cyclic_data, tmp_path):
     assert res["HR@10"] > 0.6, res
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert 0 < lines[-1]["memory1/frac_used"] <= 1
+
+
+def test_warmup_cosine_schedule(cyclic_data, tmp_path):
+    cfg = small_cfg(tmp_path, schedule="cosine", warmup_steps=4, epochs=2)
+    tr = Trainer(cfg, data=cyclic_data)
+    total = tr.steps_per_epoch * 2
+    lrs = []
+    for _ in range(total):
+        lrs.append(tr.sched.get_last_lr()[0])
+        tr.opt.step()
+        tr.sched.step()
+    assert lrs[0] == pytest.approx(0.005 / 4) and lrs[3] == pytest.approx(0.005)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # decays after warm-up
+    assert lrs[-1] < 0.005 * 0.2  # cos(3pi/4) point of the 4 post-warm-up steps
