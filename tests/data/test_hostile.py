@@ -138,3 +138,18 @@ def test_cache_never_half_written(data, tmp_path_factory):
         assert again.meta.get("cache_hit") is True
         np.testing.assert_array_equal(again.items, first.items)
         np.testing.assert_array_equal(again.offsets, first.offsets)
+
+
+def test_csv_is_read_in_chunks_with_true_line_numbers(tmp_path, monkeypatch):
+    from elasticrec.data import readers
+
+    monkeypatch.setattr(readers, "CSV_CHUNK_ROWS", 3)
+    p = tmp_path / "log.csv"
+    rows = [f"{u},{i},{t}" for u, i, t in [(1, 5, 1), (1, 6, 2), (2, 7, 1), (2, 8, 3), (3, "x9", 1), (3, 10, 2), (4, 11, 5)]]
+    p.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    inter = read_interactions(p, "table")
+    assert len(inter) == 7 and inter.item.dtype.kind == "U"  # a string chunk makes all ids strings
+    assert list(inter.item[:2]) == ["5", "6"]
+    p.write_text("user_id,item_id,timestamp\n" + "\n".join(rows[:5]) + "\n1,,3\n")
+    with pytest.raises(DataError, match=r"log\.csv.*line 7.*empty value"):
+        read_interactions(p, "table")

@@ -547,16 +547,43 @@ def read_table(path: str | Path, user_col: str = "user_id", item_col: str = "ite
         raise DataError(f"{where}: cannot parse header: {e}") from None
     names = [str(c).strip() for c in head.columns]
     _check_columns(where, names, wanted, time_col, rating_col)
+    # Chunked: Python string objects exist for one chunk at a time, the result is numpy arrays.
+    parts: list[Interactions] = []
+    first_line = 2
     try:
-        df = pd.read_csv(path, **kw)  # all columns, so rows with extra fields are caught
+        for df in pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, **kw):  # all columns: extra fields caught
+            df.columns = [str(c).strip() for c in df.columns]
+            df = df[wanted]
+            linenos = np.arange(len(df)) + first_line
+            parts.append(_from_columns(df, where, linenos, user_col, item_col, time_col, rating_col))
+            first_line += len(df)
     except pd.errors.ParserError as e:
         raise DataError(f"{where}: malformed CSV: {e}") from None
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise DataError(f"{where}: cannot parse: {e}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    df = df[wanted]
-    linenos = np.arange(len(df)) + 2
-    return _from_columns(df, where, linenos, user_col, item_col, time_col, rating_col)
+    if not parts:
+        raise DataError(f"{where}: no interactions")
+    return _concat(parts, where)
+
+
+CSV_CHUNK_ROWS = 2_000_000
+
+
+def _concat(parts: list[Interactions], where: str) -> Interactions:
+    if len(parts) == 1:
+        return parts[0]
+
+    def ids(arrs):
+        if all(a.dtype.kind == "i" for a in arrs):
+            return np.concatenate(arrs)
+        return np.concatenate([a.astype(str) for a in arrs])  # any string chunk: all strings
+
+    def opt(arrs):
+        return None if arrs[0] is None else np.concatenate(arrs)
+
+    return Interactions(user=ids([p.user for p in parts]), item=ids([p.item for p in parts]),
+                        timestamp=opt([p.timestamp for p in parts]), rating=opt([p.rating for p in parts]),
+                        source=where)
 
 
 def _check_columns(where: str, names: list[str], wanted: list[str], time_col: str | None,
