@@ -14,6 +14,22 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's contents to disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Persist a directory's entries (e.g. a rename into it); best effort on platforms without it."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
@@ -28,15 +44,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp_path)
         os.replace(tmp_path, path)
-        with contextlib.suppress(OSError):  # persist the rename itself
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        fsync_dir(path.parent)  # persist the rename itself
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

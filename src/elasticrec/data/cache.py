@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import atomic_write_json, file_digest
+from ..utils import atomic_write_json, file_digest, fsync_dir, fsync_file
 from .sequences import SequenceData
 
 # Bump whenever readers/preprocessing change what they produce for the same input.
@@ -79,11 +79,6 @@ def source_digest(path: Path, root: Path | None = None) -> str:
     return digest
 
 
-def _fsync_file(p: Path) -> None:
-    with open(p, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def _write_entry(d: Path, data: SequenceData) -> None:
     files = {}
     arrays = {
@@ -97,12 +92,12 @@ def _write_entry(d: Path, data: SequenceData) -> None:
     for name, arr in arrays.items():
         p = d / f"{name}.npy"
         np.save(p, arr, allow_pickle=False)
-        _fsync_file(p)
+        fsync_file(p)
         files[name] = {"file": p.name, "bytes": p.stat().st_size, "sha256": file_digest(p)}
     manifest = {"cache_version": CACHE_VERSION, "n_items": int(data.n_items),
                 "files": files, "meta": _jsonable(data.meta)}
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    _fsync_file(d / MANIFEST)
+    fsync_file(d / MANIFEST)
 
 
 def _jsonable(obj):
@@ -195,12 +190,7 @@ def save(d: Path, data: SequenceData) -> None:
                 pass  # lost a race to another writer, whose entry is complete
             finally:
                 shutil.rmtree(trash, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            dfd = os.open(d.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        fsync_dir(d.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
