@@ -1,0 +1,31 @@
+"""A tiny trained run with string item ids (``m101``...), rebuilt from its own config.yaml."""
+
+import pytest
+import torch
+from serving_helpers import MAX_LEN, write_cyclic_seq_text
+
+from elasticrec.config import load_config
+from elasticrec.train.trainer import Trainer
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    data_file = root / "cyclic.txt"
+    write_cyclic_seq_text(data_file)
+    cfg = load_config(None, [
+        "data.name=custom", "data.format=seq-text", f"data.path={data_file}",
+        f"data.cache_dir={root / 'cache'}",
+        f"model.max_len={MAX_LEN}", "model.d_model=32", "model.n_heads=2", "model.dropout=0.0",
+        "train.epochs=4", "train.batch_size=16", "train.lr=0.01", "train.progress=false",
+        "train.device=cpu", "eval.ks=1,5,10", f"run_dir={root / 'run'}"])
+    torch.set_num_threads(2)
+    Trainer(cfg).fit()
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def rec(run_dir):
+    from elasticrec.serving import load_run
+
+    return load_run(run_dir)
