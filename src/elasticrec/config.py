@@ -90,7 +90,7 @@ class ModelConfig:
     ffn_dim: int | None = None  # default: d_model (SASRec) or 4*d_model
     dropout: float = 0.2
     emb_dropout: float | None = None  # default: dropout
-    pos_encoding: str = "learned"  # learned (counted from the end) | learned-start | none | rotary
+    pos_encoding: str = "learned"  # learned (counted from the end) | learned-start | chunk | none | rotary
     norm_first: bool = True
     init_std: float = 0.02
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
@@ -146,7 +146,7 @@ class ExperimentConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.pos_encoding": ("learned", "learned-start", "none", "rotary"),
+    "model.pos_encoding": ("learned", "learned-start", "chunk", "none", "rotary"),
     "model.elastic.chunk_align": ("end", "start"),
     "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
     "train.schedule": ("constant", "cosine"),

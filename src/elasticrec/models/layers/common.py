@@ -35,6 +35,70 @@ class LearnedPositions(nn.Module):
         return x + self.emb(idx)[None]
 
 
+def first_valid_index(valid: torch.Tensor) -> torch.Tensor:
+    """Index of the first True of each row of valid [B, L] (L for a row without any)."""
+    L = valid.shape[1]
+    has = valid.any(dim=1)
+    first = valid.to(torch.int8).argmax(dim=1)
+    return torch.where(has, first, torch.full_like(first, L))
+
+
+class StartPositions(nn.Module):
+    """Learned absolute positions counted from each row's FIRST valid item (``learned-start``).
+
+    The first item of the window gets position 0, the next 1, ...; positions from ``max_len - 1``
+    on share the last embedding (clamped), so any length works and a new event never changes the
+    position of an earlier one (streaming-compatible). Note: a window cut from a longer history
+    counts from the window's first item, a streamed history from the user's first event.
+    """
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        self.max_len = max_len
+        self.emb = nn.Embedding(max_len, d_model)
+
+    def index(self, count: torch.Tensor) -> torch.Tensor:
+        """Position index of the item preceded by ``count`` items (any shape)."""
+        return count.clamp(0, self.max_len - 1)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        t = torch.arange(x.shape[1], device=x.device)[None, :] - first_valid_index(valid)[:, None]
+        return x + self.emb(self.index(t))
+
+    def at(self, count: torch.Tensor) -> torch.Tensor:
+        """Embedding [B, D] of the next item of rows that have seen ``count`` [B] items."""
+        return self.emb(self.index(count))
+
+
+class ChunkPositions(nn.Module):
+    """Learned position WITHIN the chunk (0..C-1) (``chunk``): works at any length.
+
+    ``align="start"``: slots counted from each row's first valid item (streaming-compatible);
+    ``align="end"``: the chunk grid ends at the last position of the window (as in
+    chunk-causal attention with end alignment).
+    """
+
+    def __init__(self, chunk_size: int, d_model: int, align: str = "start"):
+        super().__init__()
+        if align not in ("start", "end"):
+            raise ValueError(f"align must be 'start' or 'end', got {align!r}")
+        self.C, self.align = chunk_size, align
+        self.emb = nn.Embedding(chunk_size, d_model)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        t = torch.arange(L, device=x.device)[None, :]
+        if self.align == "start":
+            t = (t - first_valid_index(valid)[:, None]).clamp(min=0)
+        else:
+            t = t + (-L) % self.C
+        return x + self.emb(t % self.C)
+
+    def at(self, count: torch.Tensor) -> torch.Tensor:
+        """Embedding [B, D] of the next item of rows that have seen ``count`` [B] items (start)."""
+        return self.emb(count % self.C)
+
+
 def rotary_tables(L: int, dim: int, device, base: float = 10000.0):
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
     t = torch.arange(L, device=device, dtype=torch.float32)

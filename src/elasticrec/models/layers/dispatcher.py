@@ -14,6 +14,11 @@ Dispatcher ``j``'s state over a set ``S`` of positions is
   internally, so position ``t`` is in chunk ``(t + (-L) % C) // C``. Extra left padding therefore
   never moves a boundary relative to the real items, and a sequence's outputs do not depend on
   how much padding it carries.
+  With ``chunk_align="start"`` the grid instead starts at each row's FIRST valid item: position
+  ``t`` of row ``b`` is in chunk ``(t - first_b) // C``. Implemented by shifting every row's items
+  to the front (one gather), padding the end to a multiple of ``C``, running the same chunked
+  computation and shifting back. A new event then never moves an existing boundary, which is what
+  constant-cost streaming needs (see *Streaming* below). Padding never affects outputs either way.
 * *Empty history*: every dispatcher also owns a learned pseudo-entry ``(logit b_j, value e_j)``
   (``empty_logit`` [H, k], ``empty_value`` [H, k, d_h]) that is ALWAYS part of the softmax, as
   if it were one more key/value pair. So the state is never empty, chunk 0 (or any chunk with no
@@ -44,6 +49,16 @@ training mode therefore depends on the padding; use LayerNorm queries where that
 Dropout (training only) applies to the aggregation weights (the numerators, which equals dropping
 normalised attention probabilities) and to the distribution attention probabilities.
 
+**Streaming** (``chunk_align="start"``, eval only). Because the aggregate is a running
+log-sum-exp state, one user's layer state is constant-size (:class:`StreamState`): the state of
+the completed chunks (``closed``, incl. the empty entry), the partial state of the open chunk's
+items (``open``), the keys/values of the open chunk's dispatchers (``disp_kv``: packed from
+``closed`` incl. output projection, memory and ``Wk2, Wv2``, recomputed only when a chunk closes)
+and the local keys/values of the open chunk's positions (``local_kv``, ``C`` slots).
+:meth:`DispatcherAttention.stream_step` consumes one event per row in ``O(k d + C d)``;
+:meth:`DispatcherAttention.stream_prefill` runs the chunked forward over a whole history once and
+keeps only that state. Both equal the full forward on the whole history.
+
 :func:`dispatcher_attention_reference` is the slow per-position definition used by the tests.
 """
 
@@ -55,6 +70,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from elasticrec.models.layers.common import first_valid_index
 
 # "minus infinity" for the running max of a state that holds no entry; finite so that combining
 # two empty states never computes inf - inf.
@@ -152,11 +169,54 @@ def _chunk_index(L: int, C: int, device=None) -> torch.Tensor:
     return (torch.arange(L, device=device) + (-L) % C) // C
 
 
+CHUNK_ALIGNS = ("end", "start")
+
+
+class StreamState(NamedTuple):
+    """One layer's constant-size streaming state for B rows (see the module docstring).
+
+    ``closed``/``open``: LSE states [B, H, k] / [B, H, k, d_h] (accumulation dtype) of the
+    completed chunks (incl. the empty-history entry) and of the open chunk's items;
+    ``disp_kv`` [B, k, 2D]: keys | values of the open chunk's dispatchers; ``local_kv``
+    [B, C, 2D] (None without local attention): local keys | values of the open chunk's slots
+    (slot ``count % C`` is written by event number ``count``; slots not yet written are zero).
+    """
+
+    closed: LSEState
+    open: LSEState
+    disp_kv: torch.Tensor
+    local_kv: torch.Tensor | None
+
+
+def _shift_to_front(t: torch.Tensor, first: torch.Tensor, length: int, fill) -> torch.Tensor:
+    """Row b of t [B, L, ...] moved left by first[b]: out[b, i] = t[b, i + first[b]] (``fill``
+    past the end), output length ``length`` (>= L)."""
+    B, L = t.shape[:2]
+    idx = torch.arange(length, device=t.device)[None, :] + first[:, None]          # [B, length]
+    inside = idx < L
+    idx = idx.clamp(max=L - 1).view(B, length, *([1] * (t.dim() - 2))).expand(B, length, *t.shape[2:])
+    out = t.gather(1, idx)
+    return out.masked_fill(~inside.view(B, length, *([1] * (t.dim() - 2))), fill)
+
+
+def _shift_back(t: torch.Tensor, first: torch.Tensor, L: int) -> torch.Tensor:
+    """Inverse of :func:`_shift_to_front` for t [B, >= L, D]: out[b, i] = t[b, i - first[b]]
+    (zeros before first[b])."""
+    B, _, D = t.shape
+    idx = torch.arange(L, device=t.device)[None, :] - first[:, None]
+    before = idx < 0
+    out = t.gather(1, idx.clamp(min=0)[..., None].expand(B, L, D))
+    return out.masked_fill(before[..., None], 0.0)
+
+
 class DispatcherAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 1, n_dispatchers: int = 16,
                  chunk_size: int = 64, dropout: float = 0.0, use_local: bool = True,
-                 memory: nn.Module | None = None, shared_local_kv: bool = False):
+                 memory: nn.Module | None = None, shared_local_kv: bool = False,
+                 chunk_align: str = "end"):
         super().__init__()
+        if chunk_align not in CHUNK_ALIGNS:
+            raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if chunk_size < 1 or n_dispatchers < 1:
@@ -166,6 +226,7 @@ class DispatcherAttention(nn.Module):
         self.dropout = dropout
         self.use_local = use_local
         self.shared_local_kv = shared_local_kv
+        self.chunk_align = chunk_align
         # aggregate
         self.dispatchers = nn.Parameter(torch.empty(n_dispatchers, d_model))   # Q_P
         self.agg_kv = nn.Linear(d_model, 2 * d_model)                          # Wk1, Wv1
@@ -191,7 +252,8 @@ class DispatcherAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.h}, n_dispatchers={self.k}, "
-                f"chunk_size={self.C}, use_local={self.use_local}, dropout={self.dropout}")
+                f"chunk_size={self.C}, chunk_align={self.chunk_align}, use_local={self.use_local}, "
+                f"dropout={self.dropout}")
 
     # ---------------------------------------------------------------- pieces (also for streaming)
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -219,16 +281,31 @@ class DispatcherAttention(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D], valid [B, L] bool (None = all valid) -> [B, L, D], zeros at padding."""
         B, L, D = x.shape
-        C, H, dh, k = self.C, self.h, self.dh, self.k
         if valid is None:
             valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
         valid = valid.to(torch.bool)
-        pad = (-L) % C
-        if pad:
-            x = F.pad(x, (0, 0, pad, 0))
-            valid = F.pad(valid, (pad, 0), value=False)
-        n = (L + pad) // C
+        pad = (-L) % self.C
+        if self.chunk_align == "end":
+            y = self._chunked(F.pad(x, (0, 0, pad, 0)), F.pad(valid, (pad, 0), value=False))[0]
+            y = y[:, pad:]
+        else:
+            first = first_valid_index(valid)
+            xs = _shift_to_front(x, first, L + pad, 0.0)
+            vs = _shift_to_front(valid, first, L + pad, False)
+            y = _shift_back(self._chunked(xs, vs)[0], first, L)
+        return y.masked_fill(~valid[..., None], 0.0)
+
+    def _chunked(self, x: torch.Tensor, valid: torch.Tensor, keep: bool = False):
+        """The chunked computation on a grid starting at position 0: x [B, n*C, D], valid
+        [B, n*C]. Returns (y [B, n*C, D] (garbage at invalid positions), extras): ``extras`` is
+        None unless ``keep``, else a dict with the per-chunk partial states ``part`` and exclusive
+        states ``states`` ([B, H, n, k(, d_h)]), the dispatchers' keys|values ``kvp``
+        [B, n, k, 2D] and the local keys|values ``kvl`` [B, n, C, 2D] (None without local)."""
+        B, Lp, D = x.shape
+        C, H, dh, k = self.C, self.h, self.dh, self.k
+        n = Lp // C
         vmask = valid.view(B, 1, n, 1, C)                    # [B, 1, n, 1, C] over source positions
         scale = 1.0 / math.sqrt(dh)
         p_drop = self.dropout if self.training else 0.0
@@ -269,8 +346,123 @@ class DispatcherAttention(nn.Module):
         if self.use_local:
             y = y + a[..., k:].to(vl.dtype) @ vl
         y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
-        y = self.out(y)[:, pad:]
-        return y.masked_fill(~valid[:, pad:, None], 0.0)
+        y = self.out(y)
+        if not keep:
+            return y, None
+        return y, {"part": part, "states": states, "kvp": kvp,
+                   "kvl": kvl if self.use_local else None}
+
+
+    # ---------------------------------------------------------------- streaming (eval only)
+    def _check_streaming(self) -> None:
+        if self.chunk_align != "start":
+            raise ValueError("streaming needs chunk_align='start' (the end-aligned grid moves "
+                             "with every new event)")
+        if self.training:
+            raise RuntimeError("streaming is eval-only (no dropout): call .eval() first")
+
+    def _pack_kv(self, s: LSEState, dtype: torch.dtype) -> torch.Tensor:
+        """LSE state [..., H, k(, d_h)] -> dispatcher keys|values [..., k, 2D]."""
+        P = finalize_state(s)                                               # [..., H, k, dh]
+        P = P.transpose(-2, -3).flatten(-2).to(dtype)                       # [..., k, D]
+        return self.disp_kv(self.finish_pack(P))
+
+    def stream_init(self, batch_size: int, device=None, dtype: torch.dtype = torch.float32
+                    ) -> StreamState:
+        """The state of B rows without history (``dtype``: the model's parameter dtype)."""
+        self._check_streaming()
+        B, H, k, dh, D = batch_size, self.h, self.k, self.dh, self.d_model
+        acc = accumulation_dtype(dtype)
+        init = self.initial_state(acc)
+        closed = LSEState(*(t.to(device)[None].expand(B, *t.shape).clone() for t in init))
+        empty = LSEState(torch.full((B, H, k), _EMPTY_MAX, dtype=acc, device=device),
+                         torch.zeros(B, H, k, dh, dtype=acc, device=device),
+                         torch.zeros(B, H, k, dtype=acc, device=device))
+        kv = self._pack_kv(LSEState(*(t.to(device) for t in init)), dtype)
+        local = (torch.zeros(B, self.C, 2 * D, dtype=dtype, device=device)
+                 if self.use_local else None)
+        return StreamState(closed, empty, kv[None].expand(B, k, 2 * D).clone(), local)
+
+    def stream_step(self, state: StreamState, x: torch.Tensor, count: torch.Tensor
+                    ) -> tuple[torch.Tensor, StreamState]:
+        """One event per row: x [B, D] (the layer input at the new position), count [B] = events
+        each row has seen before it. Returns (output [B, D], new state); the input state is not
+        modified. Cost O(k d + C d), plus one pack (incl. memory) for rows whose chunk closes."""
+        B, D = x.shape
+        C, H, dh, k = self.C, self.h, self.dh, self.k
+        acc = accumulation_dtype(x.dtype)
+        scale = 1.0 / math.sqrt(dh)
+        rows = torch.arange(B, device=x.device)
+        slot = count % C                                                    # [B]
+        # aggregate: add the event to the open chunk's partial state
+        kv1 = self.agg_kv(x)
+        k1 = kv1[:, :D].view(B, H, dh).to(acc)
+        v1 = kv1[:, D:].view(B, H, 1, dh).to(acc)
+        score = torch.einsum("bhd,hkd->bhk", k1, self.dispatcher_queries(acc)) * scale
+        entry = LSEState(score, v1.expand(B, H, k, dh), torch.ones_like(score))
+        opened = combine_states(state.open, entry)
+        # distribute: joint softmax over the open chunk's dispatchers and its slots 0..slot
+        q2 = self.q(x).view(B, H, 1, dh)
+        kvp = state.disp_kv
+        kp = kvp[..., :D].view(B, k, H, dh).transpose(1, 2)                 # [B, H, k, dh]
+        vp = kvp[..., D:].view(B, k, H, dh).transpose(1, 2)
+        s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                     # [B, H, 1, k]
+        local = state.local_kv
+        if self.use_local:
+            local = local.clone()
+            local[rows, slot] = self.local_kv_proj(x).to(local.dtype)
+            kl = local[..., :D].view(B, C, H, dh).transpose(1, 2)           # [B, H, C, dh]
+            vl = local[..., D:].view(B, C, H, dh).transpose(1, 2)
+            sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                # [B, H, 1, C]
+            seen = torch.arange(C, device=x.device)[None, :] <= slot[:, None]
+            s = torch.cat((s, sl.masked_fill(~seen[:, None, None, :], float("-inf"))), dim=-1)
+        a = torch.softmax(s, dim=-1).to(vp.dtype)
+        y = a[..., :k] @ vp
+        if self.use_local:
+            y = y + a[..., k:].to(vl.dtype) @ vl
+        y = self.out(y.reshape(B, D))
+        # close the chunk of rows whose event filled it: fold, repack (memory lookup) only those
+        closed, disp_kv = state.closed, kvp
+        close = slot == C - 1
+        if bool(close.any()):
+            folded = combine_states(closed, opened)
+            c3, c4 = close[:, None, None], close[:, None, None, None]
+            closed = LSEState(torch.where(c3, folded.m, closed.m),
+                              torch.where(c4, folded.num, closed.num),
+                              torch.where(c3, folded.den, closed.den))
+            opened = LSEState(opened.m.masked_fill(c3, _EMPTY_MAX),
+                              opened.num.masked_fill(c4, 0.0), opened.den.masked_fill(c3, 0.0))
+            idx = close.nonzero().squeeze(1)
+            disp_kv = kvp.clone()
+            disp_kv[idx] = self._pack_kv(LSEState(*(t[idx] for t in closed)), kvp.dtype)
+            if local is not None:
+                local = local.masked_fill(close[:, None, None], 0.0)
+        return y, StreamState(closed, opened, disp_kv, local)
+
+    def stream_prefill(self, x: torch.Tensor, valid: torch.Tensor
+                       ) -> tuple[torch.Tensor, StreamState]:
+        """Run the (start-aligned) chunked forward over whole histories x [B, L, D] (valid [B, L]:
+        each row's items contiguous at its end, i.e. left padding) and keep only the streaming
+        state after the last item. Returns (output [B, L, D] as :meth:`forward`, state)."""
+        self._check_streaming()
+        B, L, D = x.shape
+        C = self.C
+        valid = valid.to(torch.bool)
+        first = first_valid_index(valid)
+        count = L - first                                                   # items per row
+        length = (L // C + 1) * C        # always room for the open chunk, even when it is empty
+        xs = _shift_to_front(x, first, length, 0.0)
+        vs = _shift_to_front(valid, first, length, False)
+        ys, ex = self._chunked(xs, vs, keep=True)
+        y = _shift_back(ys, first, L).masked_fill(~valid[..., None], 0.0)
+        rows, c = torch.arange(B, device=x.device), count // C              # open chunk index
+        closed = LSEState(*(t[rows, :, c] for t in ex["states"]))
+        opened = LSEState(*(t[rows, :, c] for t in ex["part"]))
+        local = None
+        if self.use_local:   # slots of the open chunk not yet written are zero, as in streaming
+            unused = torch.arange(C, device=x.device)[None, :] >= (count % C)[:, None]
+            local = ex["kvl"][rows, c].masked_fill(unused[..., None], 0.0)
+        return y, StreamState(closed, opened, ex["kvp"][rows, c].clone(), local)
 
 
 def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
@@ -279,7 +471,8 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
 
     For each row b and valid position t: aggregate every dispatcher with a plain softmax over the
     empty-history entry plus the valid positions of chunks strictly before t's chunk (chunks
-    aligned to the end of the window), apply the output projection and memory, then attend in one
+    aligned to the end of the window, or with ``chunk_align="start"`` to the row's first valid
+    item), apply the output projection and memory, then attend in one
     softmax to those k dispatchers plus the valid positions of t's own chunk up to t.
     """
     m = module
@@ -288,7 +481,11 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     if valid is None:
         valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
     valid = valid.to(torch.bool)
-    chunk = _chunk_index(L, m.C).tolist()
+    if m.chunk_align == "end":
+        chunks = [_chunk_index(L, m.C).tolist()] * B
+    else:
+        first = first_valid_index(valid).tolist()
+        chunks = [[(t - first[b]) // m.C for t in range(L)] for b in range(B)]
     scale = 1.0 / math.sqrt(dh)
     kv1 = m.agg_kv(x)
     k1, v1 = kv1[..., :D].view(B, L, H, dh), kv1[..., D:].view(B, L, H, dh)
@@ -299,6 +496,7 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     qp = m.dispatchers.view(k, H, dh)
     rows = []
     for b in range(B):
+        chunk = chunks[b]
         outs = []
         for t in range(L):
             if not bool(valid[b, t]):
