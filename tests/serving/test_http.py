@@ -290,4 +290,4 @@ def test_store_bytes_per_user(rec):
     for i in range(40):
         st = store.add_event("x", 1 + i % N_ITEMS)
     assert len(st.seen) == 16 and st.seen[-1] == 1 + 39 % N_ITEMS
-    assert store.nbytes(st) == 16 * 4 + MAX_LEN * 8 + 200
+    assert store.nbytes(st) == 16 * 4 + MAX_LEN * 8 + 480
