@@ -76,8 +76,19 @@ class ElasticConfig:
 
 @dataclass
 class HSTUConfig:
-    num_buckets: int = 128  # relative-position buckets
-    use_time_bias: bool = True
+    num_buckets: int = 128  # relative-position buckets (log-spaced beyond num_buckets // 2)
+    use_time_bias: bool = True  # relative-time buckets from timestamps (skipped when data has none)
+    time_buckets: int = 128  # relative-time buckets: floor(ln(gap_seconds) / time_log_scale)
+    time_log_scale: float = 0.301  # bucket width in ln(seconds) (HSTU's value); larger gaps clamp to the last
+    attention_dim: int | None = None  # Q/K size per head; default d_model // n_heads
+    linear_dim: int | None = None  # U/V size per head; default d_model // n_heads
+    attn_dropout: float = 0.0  # dropout on the pointwise attention weights
+    attn_norm: str = "max_len"  # divide SiLU(QK^T + rab) by max_len (HSTU) | causal (keys attended)
+
+
+@dataclass
+class LinRecConfig:
+    chunk_size: int = 64  # positions per chunk of the causal linear attention (memory vs speed)
 
 
 @dataclass
@@ -95,6 +106,7 @@ class ModelConfig:
     init_std: float = 0.02
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     hstu: HSTUConfig = field(default_factory=HSTUConfig)
+    linrec: LinRecConfig = field(default_factory=LinRecConfig)
 
 
 @dataclass
@@ -149,6 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos_encoding": ("learned", "learned-start", "chunk", "none", "rotary"),
     "model.elastic.chunk_align": ("end", "start"),
     "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
+    "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
     "train.loss": ("ce", "sampled", "bce"),
     "train.amp": ("auto", "bf16", "off"),

@@ -34,6 +34,16 @@ def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len:
     return inputs, targets, np.concatenate(hist_rows), np.concatenate(hist_items)
 
 
+def build_eval_timestamps(data: SequenceData, users: np.ndarray, stage: str, max_len: int) -> np.ndarray:
+    """Timestamps [B, max_len] aligned with :func:`build_eval_batch`'s inputs (0 at padding)."""
+    out = np.zeros((len(users), max_len), dtype=np.int64)
+    for i, u in enumerate(users):
+        start, end = int(data.offsets[u]), data.split_end(int(u), stage)
+        w = data.timestamps[start:end][-max_len:]
+        out[i, max_len - len(w):] = w
+    return out
+
+
 class Evaluator:
     def __init__(self, data: SequenceData, cfg: EvalConfig, max_len: int, device=None):
         self.data, self.cfg, self.max_len = data, cfg, max_len
@@ -70,7 +80,11 @@ class Evaluator:
         inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.max_len)
         dev = self.device
         x = torch.from_numpy(inputs).to(dev)
-        h = model.last_hidden(x)
+        if getattr(model, "uses_timestamps", False) and self.data.timestamps is not None:
+            ts = build_eval_timestamps(self.data, users, stage, self.max_len)
+            h = model.last_hidden(x, torch.from_numpy(ts).to(dev))
+        else:
+            h = model.last_hidden(x)
         scores = model.score_all(h).float()  # [B, n_items + 1]
         t = torch.from_numpy(targets).to(dev)
         rows = torch.arange(len(users), device=dev)

@@ -7,7 +7,7 @@ Every model registers itself with :func:`register_model` and is built with
 from elasticrec.models.base import SequentialRecommender, build_model, list_models, register_model
 
 # import for registration side effects
-from elasticrec.models import elastic, sasrec  # noqa: F401,E402
+from elasticrec.models import elastic, hstu, linrec, sasrec  # noqa: F401,E402
 
 
 __all__ = ["SequentialRecommender", "build_model", "list_models", "register_model"]

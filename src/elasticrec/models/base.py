@@ -40,6 +40,7 @@ def build_model(cfg: ModelConfig, n_items: int) -> "SequentialRecommender":
 
 class SequentialRecommender(nn.Module):
     model_name = "base"
+    uses_timestamps = False  # True: trainer/evaluator pass per-item timestamps to encode()
 
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__()

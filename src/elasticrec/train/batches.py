@@ -34,6 +34,19 @@ class TrainSequences:
             targets[i, L - n:] = seq[1:]
         return inputs, targets
 
+    def batch_timestamps(self, users: np.ndarray) -> np.ndarray:
+        """Timestamps [B, max_len] aligned with :meth:`batch`'s inputs (0 at padding); only for
+        models with ``uses_timestamps`` on data that has timestamps."""
+        if self.data.timestamps is None:
+            raise ValueError("this dataset has no timestamps")
+        L = self.max_len
+        out = np.zeros((len(users), L), dtype=np.int64)
+        for i, u in enumerate(users):
+            start = int(self.data.offsets[u])
+            ts = self.data.timestamps[start: start + int(self.train_len[u])][-(L + 1):][:-1]
+            out[i, L - len(ts):] = ts
+        return out
+
     def epoch_batches(self, batch_size: int, rng: np.random.Generator, rank: int = 0, world: int = 1):
         """Shuffled global batches of ``batch_size`` users; with ``world`` > 1 rank r gets the
         ``r::world`` slice of each global batch (possibly empty for a short last batch)."""

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.seqs = TrainSequences(self.data, cfg.model.max_len)
+        # models that read timestamps get them when the data has them (else they run without)
+        self.use_timestamps = self.model.uses_timestamps and self.data.timestamps is not None
+        if self.model.uses_timestamps and not self.use_timestamps and self.dist.is_main:
+            warnings.warn(f"dataset {cfg.data.name!r} has no timestamps: model {cfg.model.name!r} "
+                          "runs without its time features", stacklevel=2)
         self.evaluator = Evaluator(self.data, cfg.eval, cfg.model.max_len, self.device)
         self.steps_per_epoch = math.ceil(len(self.seqs) / t.batch_size)
         self.opt = build_optimizer(self.model, cfg)
@@ -195,10 +201,14 @@ class Trainer:
                 targets[:] = 0
             x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
             y = torch.from_numpy(targets).to(self.device, non_blocking=True)
+            ts = None
+            if self.use_timestamps:
+                ts = torch.from_numpy(self.seqs.batch_timestamps(users if len(users) else self.seqs.users[:1]))
+                ts = ts.to(self.device, non_blocking=True)
             ctx = torch.autocast("cuda" if self.device.type == "cuda" else "cpu", dtype=torch.bfloat16) \
                 if self.amp else contextlib.nullcontext()
             with ctx:
-                h = self.net(x)
+                h = self.net(x) if ts is None else self.net(x, ts)
                 loss_sum = next_item_loss(self.model, h, y, t, self.log_q, reduction="sum")
             # mean over the *global* batch's target tokens (DDP averages gradients over ranks)
             n_tok = dist.all_sum(torch.tensor([float((y > 0).sum()), loss_sum.item()]), self.dist)
