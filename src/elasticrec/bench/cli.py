@@ -1,0 +1,20 @@
+"""``elasticrec bench efficiency | accuracy`` (hooked into the main command line by ``elasticrec.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from elasticrec.bench import accuracy, efficiency
+
+
+def add_subcommands(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks: time/memory vs sequence length, multi-seed accuracy")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    e = bsub.add_parser("efficiency", help="training / inference time and peak memory of each model vs L",
+                        description=efficiency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    efficiency.add_arguments(e)
+    e.set_defaults(func=efficiency.run)
+    a = bsub.add_parser("accuracy", help="train every (dataset, model, seed) from the presets; mean ± std table",
+                        description=accuracy.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    accuracy.add_arguments(a)
+    a.set_defaults(func=accuracy.run)

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from elasticrec.bench import accuracy as acc
+from elasticrec.bench.runs import summarise
+from elasticrec.cli import main
+
+
+def test_two_seeds_end_to_end_then_second_invocation_skips(tmp_path, capsys):
+    argv = ["bench", "accuracy", "--smoke", "--models", "sasrec", "--seeds", "1,2", "--jobs", "2",
+            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "out" / "accuracy.json").read_text())
+    (g,) = res["groups"]
+    assert (g["dataset"], g["model"], g["n"], g["seeds"]) == ("synthetic", "sasrec", 2, [1, 2])
+    vals = [r["NDCG@10"] for r in res["runs"]]
+    assert g["metrics"]["NDCG@10"]["mean"] == pytest.approx(sum(vals) / 2)
+    assert g["metrics"]["NDCG@10"]["std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+    md = (tmp_path / "out" / "accuracy.md").read_text()
+    assert "published" in md and "| synthetic | sasrec | 64 | 2 (1,2) |" in md and " ± " in md
+    assert (tmp_path / "runs" / "logs" / "synthetic-sasrec-s1.log").exists()
+    capsys.readouterr()
+
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs").glob("*/test_metrics.json")}
+    assert main(argv) == 0  # resumable: finished runs are not run again
+    out = capsys.readouterr().out
+    assert out.count("finished earlier (skipped)") == 2 and "[start]" not in out
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+    assert json.loads((tmp_path / "out" / "accuracy.json").read_text())["groups"][0]["n"] == 2
+
+
+def test_unfinished_runs_wait_for_resume_and_missing_presets_are_noted(tmp_path):
+    jobs, notes = acc.plan(["synthetic"], ["sasrec", "sasrec-explicit"], [7], tmp_path)
+    assert [j.name for j in jobs] == ["synthetic-sasrec-s7"]
+    assert notes == ["synthetic / sasrec-explicit: no preset configs/synthetic/sasrec-explicit.yaml; skipped"]
+    (jobs[0].run_dir / "checkpoints").mkdir(parents=True)
+    (jobs[0].run_dir / "checkpoints" / "last.json").write_text("{}")
+    assert acc.job_state(jobs[0]) == "unfinished"
+    outcome = acc.run_jobs(jobs, 1, 1, log=lambda *a, **k: None)
+    assert outcome == {"synthetic-sasrec-s7": "unfinished (pass --resume to continue it)"}
+    cmd = acc.train_command(jobs[0], 1, 60, None, None, resume=True)
+    assert cmd[-1] == "--resume" and str(jobs[0].run_dir) in cmd
+
+
+def test_long_synthetic_dataset_and_commands():
+    (job,), _ = acc.plan(["synthetic-4096"], ["elastic"], [42], acc.Path("runs"))
+    cmd = " ".join(acc.train_command(job, 2, 300, 5, "cuda", resume=False))
+    for part in ("model.max_len=4096", "data.synthetic.min_len=4096", "train.time_budget_s=300", "--epochs 5",
+                 "train.num_threads=2", "train.seed=42", "--device cuda", "configs/synthetic/elastic.yaml"):
+        assert part in cmd
+
+
+def test_unknown_dataset_is_a_clear_error(capsys):
+    assert main(["bench", "accuracy", "--datasets", "nope", "--models", "sasrec", "--dry-run"]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_markdown_puts_published_numbers_beside_measured_ones():
+    g = {"dataset": "ml-1m", "model": "sasrec", "n": 3, "seeds": [42, 43, 44], "L": 200, "variant": "",
+         "epochs_mean": 100.0, "s_per_epoch_mean": 3.0, "stop_reasons": ["early stop"],
+         "metrics": {"HR@10": {"mean": 0.29, "std": 0.004, "n": 3}, "NDCG@10": {"mean": 0.16, "std": 0.002, "n": 3}}}
+    meta = {"date": "d", "command": "c", "machine": "m", "torch": "t", "python": "p", "time_budget_s": 600,
+            "epochs": None, "jobs": 1, "threads": 1, "datasets": ["ml-1m"]}
+    md = acc.to_markdown([g], meta, [])
+    assert "| ml-1m | sasrec | 200 | 3 (42,43,44) | 0.2900 ± 0.0040 | 0.1600 ± 0.0020 |" in md
+    assert "*published: SASRec, sampled softmax*" in md and "*0.2853*" in md and "*0.1893*" in md
+
+
+def test_collect_runs_script_is_a_wrapper(tmp_path):
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[2] / "benchmarks" / "collect_runs.py").read_text()
+    assert "from elasticrec.bench.runs import main" in src
+    (tmp_path / "not-a-run").mkdir()
+    assert summarise(tmp_path / "not-a-run") is None

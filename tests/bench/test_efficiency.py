@@ -1,0 +1,86 @@
+import csv
+import json
+
+import pytest
+
+from elasticrec.bench import efficiency as eff
+from elasticrec.cli import main
+
+TINY = dict(d_model=16, layers=1, heads=2, n_items=200, negatives=16, warmup=1, repeats=2, time_limit_s=60.0)
+
+
+def test_measure_point_rows_have_every_key():
+    row = eff.measure_point(eff.PointSpec(model="elastic", L=64, batch=2, **TINY))
+    assert set(row) == set(eff.ROW_KEYS)
+    assert row["status"] == "ok", row
+    assert row["train_ms"] > 0 and row["infer_ms"] > 0 and row["repeats"] >= 1
+    assert row["tokens"] == 128 and row["train_tokens_per_s"] == pytest.approx(128 / (row["train_ms"] / 1e3))
+
+
+def test_sweep_records_timeout_and_skips_larger_lengths():
+    rows = eff.run_sweep(["sasrec"], [32, 64, 128], batch_tokens=128, isolate=False, log=lambda *a, **k: None,
+                         **{**TINY, "time_limit_s": 0.0})
+    assert [r["status"] for r in rows] == ["timeout", "skipped", "skipped"]
+    assert [r["batch"] for r in rows] == [4, 2, 1]
+    assert rows[1]["note"] == "timeout at L=32"
+
+
+def test_oom_is_a_row_not_a_traceback(monkeypatch):
+    import elasticrec.models
+
+    def boom(*a, **k):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(elasticrec.models, "build_model", boom)
+    row = eff.measure_point(eff.PointSpec(model="sasrec", L=16, batch=1, **TINY))
+    assert row["status"] == "OOM" and "no room" in row["note"]
+
+
+def test_subprocess_point_reports_cpu_peak_memory():
+    row = eff.run_point_subprocess(eff.PointSpec(model="sasrec", L=64, batch=4, **TINY))
+    assert row["status"] == "ok", row
+    assert row["peak_train_mib"] is not None and row["peak_train_mib"] >= 0
+    assert row["peak_infer_mib"] is not None
+
+
+def _row(model, L, train, infer, mem, status="ok"):
+    r = {k: None for k in eff.ROW_KEYS}
+    r.update(model=model, L=L, batch=1, tokens=L, status=status, note="")
+    if status == "ok":
+        r.update(train_ms=train, infer_ms=infer, peak_train_mib=mem, peak_infer_mib=mem / 2,
+                 train_tokens_per_s=L / train * 1e3, infer_tokens_per_s=L / infer * 1e3, repeats=3)
+    return r
+
+
+def test_ratios_and_crossover():
+    rows = [_row("sasrec", 256, 10, 1, 100), _row("sasrec", 512, 20, 2, 300), _row("sasrec", 1024, 0, 0, 0, "OOM"),
+            _row("elastic", 256, 20, 3, 150), _row("elastic", 512, 15, 3, 200), _row("elastic", 1024, 30, 6, 400)]
+    rat = {(r["baseline"], r["L"]): r for r in eff.ratios(rows)}
+    assert rat[("sasrec", 256)]["train"] == pytest.approx(2.0)
+    assert rat[("sasrec", 512)]["memory"] == pytest.approx(2 / 3)
+    assert rat[("sasrec", 1024)]["train"] == "baseline OOM"
+    cross = {c["metric"]: c["crossover_L"] for c in eff.crossovers(rows)}
+    assert cross == {"train": 512, "memory": 512, "infer": 1024}
+
+
+def test_cli_writes_csv_json_markdown_and_plots(tmp_path):
+    out = tmp_path / "eff"
+    rc = main(["bench", "efficiency", "--lengths", "32,64", "--models", "sasrec,elastic,no-such-model",
+               "--batch-tokens", "128", "--d-model", "16", "--layers", "1", "--n-items", "200", "--negatives", "16",
+               "--repeats", "1", "--no-isolate", "--out", str(out)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "efficiency.csv")))
+    assert [(r["model"], r["L"]) for r in rows] == [("sasrec", "32"), ("sasrec", "64"), ("elastic", "32"), ("elastic", "64")]
+    res = json.loads((out / "efficiency.json").read_text())
+    assert res["meta"]["command"].startswith("elasticrec bench efficiency")
+    assert any("no-such-model" in n for n in res["notes"])
+    md = (tmp_path / "eff.md").read_text()
+    assert "| sasrec | 64 |" in md and "Crossover" in md and res["meta"]["torch"] in md
+    pytest.importorskip("matplotlib")
+    assert (out / "time.png").stat().st_size > 0 and (out / "memory.png").stat().st_size > 0
+    assert "eff/time.png" in md
+
+
+def test_bad_lengths_are_a_clear_error(capsys):
+    assert main(["bench", "efficiency", "--lengths", "256,abc"]) == 2
+    assert "--lengths" in capsys.readouterr().err
