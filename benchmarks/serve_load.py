@@ -158,7 +158,8 @@ def machine_info(threads: int) -> dict:
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__,
-            "httpx": httpx.__version__, "server_torch_threads": threads, "platform": platform.platform()}
+            "httpx": httpx.__version__, "server_torch_threads": threads, "platform": platform.platform(),
+            "load_avg_1min_at_end": os.getloadavg()[0]}
 
 
 def markdown(res: dict) -> str:
@@ -170,7 +171,8 @@ def markdown(res: dict) -> str:
              f"concurrent clients, {a['events_frac']:.0%} `POST /users/{{id}}/events` (k={a['k']}, "
              f"{a['users']} users) and the rest `POST /recommend` (k={a['k']}, real histories of 1..max_len items).  ",
              f"Machine: {res['machine']['cpu']} ({res['machine']['cpu_count']} cores, shared with other "
-             f"jobs), server with {res['machine']['server_torch_threads']} torch thread(s), one uvicorn "
+             f"jobs; 1-min load average {res['machine']['load_avg_1min_at_end']:.1f} at the end; the clients run on "
+             f"the same cores), server with {res['machine']['server_torch_threads']} torch thread(s), one uvicorn "
              f"process; Python {res['machine']['python']}, torch {res['machine']['torch']}, fastapi "
              f"{res['machine']['fastapi']}, uvicorn {res['machine']['uvicorn']}, httpx {res['machine']['httpx']}.  ",
              f"Date: {res['date']}", "",
@@ -242,7 +244,9 @@ def main(argv=None) -> int:
     summary = summarise(results, wall)
     cfg_name = json.loads((run / "data.json").read_text()).get("name", "?") if (run / "data.json").exists() else "?"
     res = {
-        "command": "python benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(
+            ([f"ELASTICREC_DATA={os.environ['ELASTICREC_DATA']}"] if os.environ.get("ELASTICREC_DATA") and not args.run else [])
+            + ["python benchmarks/serve_load.py"] + list(argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "args": vars(args),
         "run": {"model": health["model"], "dataset": cfg_name, "n_items": health["n_items"],
                 "max_len": health["max_len"], "path": str(run) if args.run else "(trained by the script)"},
