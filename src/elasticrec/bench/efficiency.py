@@ -7,7 +7,7 @@ For each model and L the batch holds ``max(1, batch_tokens // L)`` full-length s
 random item ids. A *training step* is forward + loss + backward + AdamW step; the loss is the
 sampled softmax with ``--negatives`` uniform negatives shared by the batch (no in-batch
 negatives), the same for every model, so that the output layer over ``--n-items`` items does not
-dominate time or memory. *Inference* is ``model.last_hidden`` (the next-item query) under
+dominate time or memory. Models that read timestamps get increasing random ones. *Inference* is ``model.last_hidden`` (the next-item query) under
 ``torch.no_grad`` in eval mode. Each is warmed up, then timed ``--repeats`` times; the median
 is reported.
 
@@ -132,15 +132,18 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
         y = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
+        ts = None  # models that read timestamps (HSTU's time bias) get increasing seconds
+        if getattr(model, "uses_timestamps", False):
+            ts = torch.randint(1, 86_400, (spec.batch, spec.L), device=device).cumsum(1) + 10**9
         amp = torch.autocast(device.type, dtype=torch.bfloat16) if spec.amp == "bf16" else contextlib.nullcontext()
 
         def infer():
             with torch.no_grad(), amp:
-                model.last_hidden(x)
+                model.last_hidden(x, ts)
 
         def train():
             with amp:
-                h = model(x)
+                h = model(x, ts)
                 loss = next_item_loss(model, h, y, cfg.train, None, reduction="mean")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -515,12 +518,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model/loss config override for every model, e.g. --set model.elastic.memory=true")
     p.add_argument("--note", action="append", default=[], help="extra note for the markdown page (repeatable)")
-    p.add_argument("--out", default="docs/efficiency", help="folder for CSV/JSON/PNG (default docs/efficiency)")
+    p.add_argument("--smoke", action="store_true", help="tiny CI run: L=32,64, d=16, 1 layer, 256 tokens per batch, "
+                   "1 repeat, in one process; default --out runs/bench-smoke/efficiency")
+    p.add_argument("--out", help="folder for CSV/JSON/PNG (default docs/efficiency)")
     p.add_argument("--md", help="markdown page (default: OUT.md, i.e. docs/efficiency.md)")
 
 
 def _command(args) -> str:
     parts = ["elasticrec", "bench", "efficiency", "--device", args.device, "--lengths", args.lengths]
+    if args.smoke:
+        parts.append("--smoke")
     if args.models:
         parts += ["--models", args.models]
     for flag in ("d_model", "layers", "heads", "batch_tokens", "n_items", "negatives", "warmup", "repeats",
@@ -538,8 +545,19 @@ def _command(args) -> str:
     return shlex.join(parts)
 
 
+SMOKE = {"lengths": "32,64", "d_model": 16, "layers": 1, "heads": 2, "batch_tokens": 256, "n_items": 200,
+         "negatives": 16, "warmup": 1, "repeats": 1, "time_limit_s": 60.0}
+
+
 def run(args) -> int:
     from elasticrec.config import ConfigError
+
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+        if args.isolate is None:  # one process: quick; the subprocess path has its own test
+            args.isolate = False
+    args.out = args.out or ("runs/bench-smoke/efficiency" if args.smoke else "docs/efficiency")
 
     try:
         lengths = sorted({int(v) for v in args.lengths.split(",") if v.strip()})
@@ -572,7 +590,10 @@ def run(args) -> int:
     md = Path(args.md) if args.md else out.with_name(out.name + ".md")
     write_outputs(rows, meta, out, md, [*args.note, *notes])
     print(f"wrote {out}/efficiency.csv, efficiency.json, plots; {md}")
-    return 0
+    errors = [f"{r['model']} L={r['L']}: {r['note']}" for r in rows if r["status"] == "error"]
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
