@@ -79,8 +79,9 @@ def test_attention_equals_reference(L, heads, norm, with_time):
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     assert y.transpose(1, 2)[~valid].abs().max() == 0  # padding queries read nothing
     w = torch.randn_like(y)
-    grads = torch.autograd.grad((y * w).sum(), [q, k, v, att.pos_bias])
-    grads_ref = torch.autograd.grad((y_ref * w).sum(), [q, k, v, att.pos_bias])
+    params = [q, k, v, att.pos_bias] + ([att.time_bias] if with_time else [])
+    grads = torch.autograd.grad((y * w).sum(), params)
+    grads_ref = torch.autograd.grad((y_ref * w).sum(), params)
     for g, gr in zip(grads, grads_ref):
         torch.testing.assert_close(g, gr, atol=1e-5, rtol=1e-5)
 
@@ -133,6 +134,14 @@ def test_time_bias_used_and_optional():
     torch.testing.assert_close(m2.encode(items, ts), m2.encode(items))
     with pytest.raises(ValueError, match="timestamps shape"):
         m.encode(items, ts[:, :5])
+
+
+def test_unused_time_table_still_in_graph_without_timestamps():
+    m = _model().train()  # DistributedDataParallel needs every parameter in the graph
+    m.encode(torch.randint(1, 51, (2, 24))).sum().backward()
+    for blk in m.blocks:
+        assert blk.attn.time_bias.grad is not None and blk.attn.time_bias.grad.abs().max() == 0
+        assert blk.attn.pos_bias.grad.abs().max() > 0
 
 
 def test_bad_options():

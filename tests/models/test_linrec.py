@@ -46,6 +46,16 @@ def test_reference_is_the_definition():
     torch.testing.assert_close(y[0, 0, 0], v[0, 0, 0])
 
 
+def test_running_sums_stay_fp32_under_autocast():
+    torch.manual_seed(0)
+    q, k = elu_feature_map(torch.randn(2, 1, 40, 8)), elu_feature_map(torch.randn(2, 1, 40, 8))
+    v = torch.randn(2, 1, 40, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = causal_linear_attention(q, k, v, chunk_size=8)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, reference_linear_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
 def test_module_fast_equals_explicit():
     torch.manual_seed(0)
     att = CausalLinearAttention(16, 2, chunk_size=4)

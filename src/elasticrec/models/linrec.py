@@ -24,7 +24,7 @@ class LinRecBlock(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = CausalLinearAttention(d, cfg.n_heads, cfg.dropout, cfg.linrec.chunk_size, explicit)
+        self.attn = CausalLinearAttention(d, cfg.n_heads, cfg.linrec.chunk_size, explicit)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 

@@ -135,8 +135,11 @@ class HSTUAttention(nn.Module):
     def bias(self, pos_idx: torch.Tensor, time_idx: torch.Tensor | None) -> torch.Tensor:
         """rab [1 or B, H, L, L] from bucket indices ([L, L] and optional [B, L, L])."""
         rab = self.pos_bias[:, pos_idx][None]
-        if time_idx is not None and self.time_bias is not None:
-            rab = rab + self.time_bias[:, time_idx].transpose(0, 1)
+        if self.time_bias is not None:
+            if time_idx is not None:
+                rab = rab + self.time_bias[:, time_idx].transpose(0, 1)
+            elif self.training:  # no timestamps: keep the table in the graph (zero gradient) so
+                rab = rab + 0.0 * self.time_bias.sum()  # DistributedDataParallel sees it used
         return rab
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None, pos_idx: torch.Tensor,

@@ -31,15 +31,19 @@ def reference_linear_attention(q, k, v, valid=None, eps: float = 1e-6):
     mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()[None, None]
     if valid is not None:
         mask = mask & valid[:, None, None, :]
-    a = (q.float() @ k.float().transpose(-1, -2)).masked_fill(~mask, 0.0)
-    return ((a @ v.float()) / (a.sum(-1, keepdim=True) + eps)).to(v.dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        a = (q.float() @ k.float().transpose(-1, -2)).masked_fill(~mask, 0.0)
+        return ((a @ v.float()) / (a.sum(-1, keepdim=True) + eps)).to(v.dtype)
 
 
 def causal_linear_attention(q, k, v, valid=None, chunk_size: int = 64, eps: float = 1e-6):
     """Chunked causal linear attention; same inputs and result as the reference."""
+    with torch.autocast(q.device.type, enabled=False):  # running sums stay fp32 under bf16 AMP
+        return _chunked(q.float(), k.float(), v.float(), valid, chunk_size, eps).to(v.dtype)
+
+
+def _chunked(q, k, v, valid, chunk_size: int, eps: float):
     B, H, L, dk = q.shape
-    dtype = v.dtype
-    q, k, v = q.float(), k.float(), v.float()
     if valid is not None:
         k = k * valid[:, None, :, None]  # padding keys contribute nothing
     C = max(1, min(chunk_size, L))
@@ -57,15 +61,13 @@ def causal_linear_attention(q, k, v, valid=None, chunk_size: int = 64, eps: floa
     a = (qc @ kc.transpose(-1, -2)) * torch.ones(C, C, device=q.device).tril()
     num = qc @ kv + a @ vc
     den = (qc * ks[..., None, :]).sum(-1) + a.sum(-1)
-    y = (num / (den[..., None] + eps)).reshape(B, H, N * C, -1)[:, :, pad:]
-    return y.to(dtype)
+    return (num / (den[..., None] + eps)).reshape(B, H, N * C, -1)[:, :, pad:]
 
 
 class CausalLinearAttention(nn.Module):
     """Multi-head causal linear attention (elu+1 feature map); ``explicit`` uses the reference."""
 
-    def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0, chunk_size: int = 64,
-                 explicit: bool = False):
+    def __init__(self, d_model: int, n_heads: int = 1, chunk_size: int = 64, explicit: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
