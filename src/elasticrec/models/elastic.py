@@ -209,7 +209,7 @@ class Elastic(SequentialRecommender):
     def _param_dtype(self) -> torch.dtype:
         return self.item_emb.weight.dtype
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def init_state(self, batch_size: int = 1, device=None) -> ElasticState:
         """Empty streaming state of ``batch_size`` users (on ``device``, default: the model's)."""
         self._check_streaming()
@@ -231,7 +231,7 @@ class Elastic(SequentialRecommender):
             raise ValueError(f"{what}: item ids must be in [0, {self.n_items}] (0 = no item), got "
                              f"range [{int(items.min())}, {int(items.max())}]")
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def update(self, state: ElasticState, items: torch.Tensor,
                mask: torch.Tensor | None = None) -> ElasticState:
         """Append one event per row: items [B] (0 = no event for that row); ``mask`` [B] bool
@@ -268,7 +268,7 @@ class Elastic(SequentialRecommender):
             layers.append(ls)
         return ElasticState(count + 1, layers, self.norm(x))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, state: ElasticState, items: torch.Tensor) -> ElasticState:
         """Append whole histories items [B, T] (left-padded: each row's items contiguous at its
         end). Rows still empty are packed in ONE chunked forward pass and only the constant-size
@@ -314,7 +314,7 @@ class Elastic(SequentialRecommender):
         """Hidden state [B, D] after each row's last event (== encode(history)[:, -1])."""
         return state.hidden
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def recommend_from(self, state: ElasticState, k: int, exclude=None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items for the next event: (scores [B, k], item ids [B, k]), best first.

@@ -414,8 +414,8 @@ class DispatcherAttention(nn.Module):
             kl = local[..., :D].view(B, C, H, dh).transpose(1, 2)           # [B, H, C, dh]
             vl = local[..., D:].view(B, C, H, dh).transpose(1, 2)
             sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                # [B, H, 1, C]
-            seen = torch.arange(C, device=x.device)[None, :] <= slot[:, None]
-            s = torch.cat((s, sl.masked_fill(~seen[:, None, None, :], float("-inf"))), dim=-1)
+            unseen = torch.arange(C, device=x.device)[None, :] > slot[:, None]
+            s = torch.cat((s, sl.masked_fill(unseen[:, None, None, :], float("-inf"))), dim=-1)
         a = torch.softmax(s, dim=-1).to(vp.dtype)
         y = a[..., :k] @ vp
         if self.use_local:
