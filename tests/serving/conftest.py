@@ -29,3 +29,22 @@ def rec(run_dir):
     from elasticrec.serving import load_run
 
     return load_run(run_dir)
+
+
+@pytest.fixture(scope="session")
+def elastic_run(tmp_path_factory):
+    """A tiny streaming ELASTIC run (chunk_align=start, learned-start positions)."""
+    root = tmp_path_factory.mktemp("serving-elastic")
+    data_file = root / "cyclic.txt"
+    write_cyclic_seq_text(data_file)
+    cfg = load_config(None, [
+        "data.name=custom", "data.format=seq-text", f"data.path={data_file}",
+        f"data.cache_dir={root / 'cache'}", "model.name=elastic",
+        f"model.max_len={MAX_LEN}", "model.d_model=32", "model.n_heads=2", "model.dropout=0.0",
+        "model.pos_encoding=learned-start", "model.elastic.chunk_align=start",
+        "model.elastic.chunk_size=4", "model.elastic.n_dispatchers=4",
+        "train.epochs=3", "train.batch_size=16", "train.lr=0.01", "train.progress=false",
+        "train.device=cpu", "eval.ks=1,5,10", f"run_dir={root / 'run'}"])
+    torch.set_num_threads(2)
+    Trainer(cfg).fit()
+    return root / "run"

@@ -291,3 +291,86 @@ def test_store_bytes_per_user(rec):
         st = store.add_event("x", 1 + i % N_ITEMS)
     assert len(st.seen) == 16 and st.seen[-1] == 1 + 39 % N_ITEMS
     assert store.nbytes(st) == 16 * 4 + MAX_LEN * 8 + 480
+
+
+def test_real_streaming_elastic_events_equal_recommend(elastic_run):
+    from elasticrec.serving import load_run
+
+    srec = load_run(elastic_run)
+    assert srec.supports_streaming
+    with running(create_app(srec, max_users=10)) as c:
+        assert c.get("/health").json()["streaming"] is True
+        hist = []
+        for item in ["m103", "m105", "m107", "m109", "m111", "m113"]:
+            hist.append(item)
+            ev = c.post("/users/e/events", json={"item": item, "k": 5}).json()["recommendation"]
+            ref = c.post("/recommend", json={"history": hist, "k": 5}).json()
+            assert ids(ev) == ids(ref) and not set(ids(ev)) & set(hist)
+            np.testing.assert_allclose([d["score"] for d in ev["items"]], [d["score"] for d in ref["items"]],
+                                       rtol=1e-3, atol=1e-3)
+        # a dataset user short enough that the window holds the whole history: prefill + update
+        u = next(u for u in srec.user_index if len(srec.data.sequence(srec.user_index[u])) < MAX_LEN)
+        full = [srec.item_raw[i] for i in srec.data.sequence(srec.user_index[u])]
+        ev = c.post(f"/users/{u}/events", json={"item": "m101", "k": 5}).json()
+        assert ev["n_events"] == len(full) + 1
+        ref = c.post("/recommend", json={"history": full + ["m101"], "k": 5}).json()
+        assert ids(ev["recommendation"]) == ids(ref)
+        assert c.get("/health").json()["users_held"] == 2
+
+
+def test_oversized_inputs_are_422(client):
+    from elasticrec.serving.app import MAX_HISTORY
+
+    r = client.post("/recommend", json={"history": ["m101"] * (MAX_HISTORY + 1), "k": 3})
+    assert r.status_code == 422 and r.json()["detail"]
+    assert client.get("/users/" + "x" * 300 + "/recommend").status_code == 422
+
+
+def test_serve_command_wires_options_into_the_app(run_dir, monkeypatch):
+    from elasticrec.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--run", str(run_dir), "--port", "8123", "--max-users", "7",
+                 "--unknown", "error", "--log-level", "warning"]) == 0
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 1)
+    with running(seen["app"]) as c:
+        h = c.get("/health").json()
+        assert h["max_users"] == 7 and h["unknown"] == "error" and h["n_items"] == N_ITEMS
+        assert c.post("/recommend", json={"history": ["zz"], "k": 2}).status_code == 422
+
+
+@pytest.mark.slow
+def test_serve_command_runs_a_real_server(run_dir):
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "elasticrec", "serve", "--run", str(run_dir), "--port",
+                             str(port), "--max-users", "7", "--unknown", "error", "--log-level", "warning"],
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, "serve exited"
+            try:
+                h = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "serve did not come up"
+                time.sleep(0.3)
+        assert h["max_users"] == 7 and h["unknown"] == "error" and h["n_items"] == N_ITEMS
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": ["m101"], "k": 2})
+        assert r.status_code == 200 and len(r.json()["items"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_serve_command_bad_run(tmp_path, capsys):
+    from elasticrec.cli import main
+
+    assert main(["serve", "--run", str(tmp_path)]) == 1
+    assert "not a run directory" in capsys.readouterr().err
