@@ -3,10 +3,12 @@
 For each history length L: prefill a constant-size state from L random events (one chunked
 pass), then time ``model.update`` for ``--events`` further events one by one (batch 1, round-robin
 over the lengths; median, p99, min, mean; chunk closes, which re-pack the dispatchers incl. the
-memory lookup, land in the tail), and time the alternative, re-encoding the whole history with ``model.last_hidden`` (median of a
-few runs; once one run exceeds ``--reencode-limit-s`` the longer lengths are skipped and marked).
+memory lookup, land in the tail), and time the alternative, re-encoding the whole history with
+``model.last_hidden`` (median of a few runs; once one run exceeds ``--reencode-limit-s`` the
+longer lengths are skipped and marked).
 Also records the state bytes per user and checks that the streamed hidden state equals the full
-forward's. Writes ``<out>.md``, ``<out>.json`` and (with matplotlib) ``<out>.png``.
+forward's. A second table times batched updates (B users at once). Writes ``<out>.md``,
+``<out>.json`` and (with matplotlib) ``<out>.png``.
 
     python benchmarks/streaming.py --out docs/streaming
 """
@@ -101,12 +103,37 @@ def run_all(model, args) -> list[dict]:
     return [rows[L] for L in args.lengths]
 
 
+@torch.no_grad()
+def run_batched(model, args) -> list[dict]:
+    """Per-call and per-user update latency when B users (history ``--batch-L``) are updated
+    together, one event each."""
+    out = []
+    L, n = args.batch_L, args.batch_events
+    for B in args.batch_sizes:
+        g = torch.Generator().manual_seed(args.seed + B)
+        hist = torch.randint(1, args.n_items + 1, (B, L + n + args.warmup), generator=g)
+        state = model.prefill(model.init_state(B), hist[:, :L])
+        lat = []
+        for i in range(args.warmup + n):
+            t0 = time.perf_counter()
+            state = model.update(state, hist[:, L + i])
+            if i >= args.warmup:
+                lat.append(time.perf_counter() - t0)
+        med = statistics.median(lat)
+        out.append({"B": B, "L": L, "events_timed": n, "call_median_ms": 1e3 * med,
+                    "call_p99_ms": 1e3 * pct(lat, 0.99), "per_user_median_ms": 1e3 * med / B,
+                    "state_bytes_per_user": model.state_nbytes(state) / B})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def fmt(x, spec=".2f"):
     return "—" if x is None else format(x, spec)
 
 
-def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
+def write_md(path: Path, meta: dict, rows: list[dict], batched: list[dict]) -> None:
     a = meta["args"]
+    imr = f"on ({a['memory_n_keys'] ** 2} slots)" if a["memory"] else "off"
     lines = [
         "# Streaming state vs full re-encoding (ELASTIC, CPU)",
         "",
@@ -114,7 +141,7 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         "events) versus re-encoding the whole history with `model.last_hidden` (chunked forward,",
         "O(L)). Batch 1, eval mode, "
         f"{a['threads']} thread(s). Model: d={a['d_model']}, {a['layers']} layers, {a['heads']} heads, "
-        f"k={a['k']}, C={a['chunk']}, IMR {'on (' + str(a['memory_n_keys'] ** 2) + ' slots)' if a['memory'] else 'off'}, "
+        f"k={a['k']}, C={a['chunk']}, IMR {imr}, "
         f"pos `{a['pos']}`, chunk_align `start`, {a['n_items']} items, random weights and items",
         f"(timing does not depend on training). Update latency over {a['events']} events per length after",
         f"a {a['warmup']}-event warm-up, timed round-robin over all lengths (so load changes on the",
@@ -123,7 +150,8 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         "+ timed events). `max |diff|`: streamed hidden state vs that full forward's last hidden",
         "state (fp32).",
         "",
-        "| history L | update median (ms) | update p99 (ms) | update min (ms) | state / user (KiB) | re-encode (ms) | re-encode / update | prefill (s) | max \\|diff\\| |",
+        "| history L | update median (ms) | update p99 (ms) | update min (ms) | state / user (KiB) "
+        "| re-encode (ms) | re-encode / update | prefill (s) | max \\|diff\\| |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -131,10 +159,22 @@ def write_md(path: Path, meta: dict, rows: list[dict]) -> None:
         if r["reencode_median_ms"] is None:
             reenc = "skipped (limit)"
         lines.append(
-            f"| {r['L']:,} | {r['update_median_ms']:.3f} | {r['update_p99_ms']:.3f} | {r['update_min_ms']:.3f} | "
+            f"| {r['L']:,} | {r['update_median_ms']:.3f} | {r['update_p99_ms']:.3f} | "
+            f"{r['update_min_ms']:.3f} | "
             f"{r['state_bytes_per_user'] / 1024:.1f} | {reenc} | "
             f"{fmt(r.get('speedup'), '.0f') + 'x' if r.get('speedup') else '—'} | {r['prefill_s']:.3f} | "
             f"{fmt(r.get('max_abs_diff_stream_vs_full'), '.1e')} |")
+    if batched:
+        lines += [
+            "",
+            f"Batched updates (B users, history {batched[0]['L']}, one event each per call, "
+            f"{batched[0]['events_timed']} calls):",
+            "",
+            "| B | call median (ms) | call p99 (ms) | per user (ms) |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [f"| {b['B']} | {b['call_median_ms']:.3f} | {b['call_p99_ms']:.3f} | "
+                  f"{b['per_user_median_ms']:.4f} |" for b in batched]
     lines += [
         "",
         "Reading: the state (per layer: LSE sums of closed and open chunk, open-chunk dispatcher",
@@ -199,6 +239,10 @@ def main(argv=None) -> None:
     p.add_argument("--n-items", type=int, default=10000)
     p.add_argument("--reencode-reps", type=int, default=5)
     p.add_argument("--reencode-limit-s", type=float, default=10.0)
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 16, 256],
+                   help="batched-update table (empty: skip)")
+    p.add_argument("--batch-L", type=int, default=300)
+    p.add_argument("--batch-events", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/streaming", help="output path prefix (.md/.json/.png)")
@@ -208,17 +252,21 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     model, _ = build(args)
-    loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    la = Path("/proc/loadavg")
+    loadavg = " ".join(la.read_text().split()[:3]) if la.exists() else "?"
     rows = run_all(model, args)
+    batched = run_batched(model, args) if args.batch_sizes else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"args": vars(args), "cpu": cpu_name(), "logical_cpus": os.cpu_count(),
             "loadavg": loadavg, "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
+            "torch": torch.__version__,
+            "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
             "total_s": time.perf_counter() - t_start}
     meta["plot"] = (not args.no_plot) and plot(out.with_suffix(".png"), rows)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    write_md(out.with_suffix(".md"), meta, rows)
+    blob = {"meta": meta, "rows": rows, "batched": batched}
+    out.with_suffix(".json").write_text(json.dumps(blob, indent=2) + "\n")
+    write_md(out.with_suffix(".md"), meta, rows, batched)
     print(out.with_suffix(".md").read_text())
 
 

@@ -137,6 +137,43 @@ def test_bad_chunk_align_rejected():
         DispatcherAttention(D, chunk_align="middle")
 
 
+@pytest.mark.parametrize("C,use_local,memory,shared", [(4, True, "linear", True),
+                                                     (3, False, "pkm", False),
+                                                     (1, True, None, False)])
+def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared):
+    """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
+    every position; stream_prefill's state == the streamed one; end alignment cannot stream."""
+    m = _layer(C, 3, 2, use_local, memory, shared)
+    g = torch.Generator().manual_seed(6)
+    L, lengths = 23, [23, 18, 0]
+    valid = _left_valid(L, lengths)
+    x = torch.randn(3, L, D, generator=g, dtype=torch.float64)
+    y = m(x, valid)
+    st = m.stream_init(3, dtype=torch.float64)
+    first = L - torch.tensor(lengths)
+    for t in range(L):
+        rows = (valid[:, t]).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        sub = type(st)(*(type(f)(*(u[rows] for u in f)) if isinstance(f, tuple) else
+                         (None if f is None else f[rows]) for f in st))
+        out, sub = m.stream_step(sub, x[rows, t], t - first[rows])
+        torch.testing.assert_close(out, y[rows, t], rtol=0, atol=1e-12)
+        for f, u in zip(st, sub):  # write the updated rows back
+            for a, b in (zip(f, u) if isinstance(f, tuple) else [(f, u)]):
+                if a is not None:
+                    a[rows] = b
+    yp, pre = m.stream_prefill(x, valid)
+    torch.testing.assert_close(yp, y, rtol=0, atol=1e-12)
+    for f, u in zip(pre, st):
+        for a, b in (zip(f, u) if isinstance(f, tuple) else [(f, u)]):
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    m.chunk_align = "end"
+    with pytest.raises(ValueError, match="chunk_align='start'"):
+        m.stream_init(1)
+
+
 # ------------------------------------------------------------------ positional encodings
 
 
