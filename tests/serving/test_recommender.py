@@ -176,3 +176,9 @@ def test_cli_bad_k_and_bad_run(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["recommend", "--run", str(tmp_path)])  # neither --history nor --user
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
+def test_cli_cuda_without_gpu_is_a_clear_error(run_dir, capsys):
+    assert main(["recommend", "--run", str(run_dir), "--history", "m101", "--device", "cuda"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err

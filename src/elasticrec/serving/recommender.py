@@ -234,7 +234,10 @@ def load_run(run_dir, device: str = "cpu", checkpoint: str = "best", *, data=Non
         from elasticrec.data import load_dataset
 
         data = load_dataset(cfg.data)
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(str(device))
+    except RuntimeError as e:
+        raise RunLoadError(str(e)) from None
     model = build_model(cfg.model, data.n_items)
     try:
         if checkpoint == "best":

@@ -12,8 +12,8 @@ Per user the store keeps
 
 Bytes per user (worst case): window ``8 * max_len`` (or ``model.state_nbytes(state)``) +
 seen ``4 * max_seen`` + about 480 bytes of Python objects (measured with tracemalloc);
-:meth:`UserStore.nbytes` gives one user's figure. At most ``max_users`` users are held: adding one more evicts the least recently used
-(every read or write of a user makes it the most recent).
+:meth:`UserStore.nbytes` gives one user's figure. At most ``max_users`` users are held: adding
+one more evicts the least recently used (every read or write of a user makes it the most recent).
 """
 
 from __future__ import annotations
