@@ -54,7 +54,7 @@ class ElasticBlock(nn.Module):
 STREAMING_POS_ENCODINGS = ("none", "learned-start", "chunk")
 
 
-@dataclass
+@dataclass(eq=False)
 class ElasticState:
     """Constant-size streaming state of B users (see :meth:`Elastic.init_state`).
 

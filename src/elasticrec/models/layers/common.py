@@ -37,10 +37,11 @@ class LearnedPositions(nn.Module):
 
 def first_valid_index(valid: torch.Tensor) -> torch.Tensor:
     """Index of the first True of each row of valid [B, L] (L for a row without any)."""
-    L = valid.shape[1]
-    has = valid.any(dim=1)
-    first = valid.to(torch.int8).argmax(dim=1)
-    return torch.where(has, first, torch.full_like(first, L))
+    B, L = valid.shape
+    if L == 0:
+        return torch.zeros(B, dtype=torch.long, device=valid.device)
+    pos = torch.arange(L, device=valid.device).expand(B, L)
+    return torch.where(valid, pos, L).amin(dim=1)
 
 
 class StartPositions(nn.Module):

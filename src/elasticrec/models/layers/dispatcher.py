@@ -367,10 +367,12 @@ class DispatcherAttention(nn.Module):
         P = P.transpose(-2, -3).flatten(-2).to(dtype)                       # [..., k, D]
         return self.disp_kv(self.finish_pack(P))
 
-    def stream_init(self, batch_size: int, device=None, dtype: torch.dtype = torch.float32
+    def stream_init(self, batch_size: int, device=None, dtype: torch.dtype | None = None
                     ) -> StreamState:
-        """The state of B rows without history (``dtype``: the model's parameter dtype)."""
+        """The state of B rows without history (default device / dtype: the layer's)."""
         self._check_streaming()
+        device = self.dispatchers.device if device is None else device
+        dtype = self.dispatchers.dtype if dtype is None else dtype
         B, H, k, dh, D = batch_size, self.h, self.k, self.dh, self.d_model
         acc = accumulation_dtype(dtype)
         init = self.initial_state(acc)
