@@ -75,3 +75,12 @@ def test_reference_attention_causal():
     q = k = v = torch.randn(1, 1, 5, 4)
     out = reference_attention(q, k, v)
     torch.testing.assert_close(out[0, 0, 0], v[0, 0, 0])
+
+
+@pytest.mark.parametrize("pos", ["learned-start", "chunk"])
+def test_sasrec_rejects_elastic_only_positions(pos):
+    from elasticrec.config import ModelConfig
+    from elasticrec.models import build_model
+
+    with pytest.raises(ValueError, match="pos_encoding"):
+        build_model(ModelConfig(name="sasrec", pos_encoding=pos), n_items=10)

@@ -37,6 +37,9 @@ class SASRec(SequentialRecommender):
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__(cfg, n_items)
         d = cfg.d_model
+        if cfg.pos_encoding not in ("learned", "none", "rotary"):
+            raise ValueError(f"{self.model_name} supports pos_encoding learned, none or rotary, "
+                             f"not {cfg.pos_encoding!r} (learned-start / chunk are ELASTIC options)")
         self.pos = LearnedPositions(cfg.max_len, d) if cfg.pos_encoding == "learned" else None
         self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
         ffn = cfg.ffn_dim or d
