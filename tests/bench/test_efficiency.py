@@ -65,14 +65,13 @@ def test_ratios_and_crossover():
 
 def test_cli_writes_csv_json_markdown_and_plots(tmp_path):
     out = tmp_path / "eff"
-    rc = main(["bench", "efficiency", "--lengths", "32,64", "--models", "sasrec,elastic,no-such-model",
-               "--batch-tokens", "128", "--d-model", "16", "--layers", "1", "--n-items", "200", "--negatives", "16",
-               "--repeats", "1", "--no-isolate", "--out", str(out)])
+    rc = main(["bench", "efficiency", "--smoke", "--models", "sasrec,elastic,no-such-model", "--out", str(out)])
     assert rc == 0
     rows = list(csv.DictReader(open(out / "efficiency.csv")))
     assert [(r["model"], r["L"]) for r in rows] == [("sasrec", "32"), ("sasrec", "64"), ("elastic", "32"), ("elastic", "64")]
     res = json.loads((out / "efficiency.json").read_text())
-    assert res["meta"]["command"].startswith("elasticrec bench efficiency")
+    assert res["meta"]["command"].startswith("elasticrec bench efficiency") and "--smoke" in res["meta"]["command"]
+    assert all(r["status"] == "ok" for r in res["rows"])
     assert any("no-such-model" in n for n in res["notes"])
     md = (tmp_path / "eff.md").read_text()
     assert "| sasrec | 64 |" in md and "Crossover" in md and res["meta"]["torch"] in md
@@ -84,3 +83,12 @@ def test_cli_writes_csv_json_markdown_and_plots(tmp_path):
 def test_bad_lengths_are_a_clear_error(capsys):
     assert main(["bench", "efficiency", "--lengths", "256,abc"]) == 2
     assert "--lengths" in capsys.readouterr().err
+
+
+def test_default_models_are_the_registered_ones():
+    from elasticrec.models import list_models
+
+    models, notes = eff.resolve_models(None, explicit=False)
+    assert models == [m for m in eff.DEFAULT_MODELS.split(",") if m in list_models()]
+    assert {"sasrec", "sasrec-explicit", "elastic"} <= set(models)
+    assert len(notes) == len(eff.DEFAULT_MODELS.split(",")) - len(models)

@@ -165,6 +165,7 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
             row["peak_infer_mib"] = cpu_peak_mib()
         # --- training
         model.train()
+        w = 0.0
         for _ in range(spec.warmup):
             w = timed(train)
         if elapsed() > spec.time_limit_s:
@@ -353,7 +354,8 @@ def crossovers(rows: list[dict], reference: str = REFERENCE, baselines=BASELINES
                 if all(c in wins for c in common[i:]):
                     cross = L
                     break
-            out.append({"baseline": b, "metric": name, "crossover_L": cross, "measured_up_to": max(common, default=None)})
+            out.append({"baseline": b, "metric": name, "crossover_L": cross, "measured_from": min(common, default=None),
+                        "measured_up_to": max(common, default=None)})
     return out
 
 
@@ -447,7 +449,7 @@ def to_markdown(rows, meta, rat, cross, notes=(), plots=()) -> str:
         f"{a.get('warmup')} warm-up + median of up to {a.get('repeats')} timed repeats; "
         f"time limit {a.get('time_limit_s')} s per point"
         + (f"; CPU memory cap {a.get('mem_limit_gb'):g} GiB per point (allocations beyond it are reported as OOM)"
-           if a.get("mem_limit_gb") else "") + ". Extra settings: {' '.join(a.get('set') or []) or 'none'}.",
+           if a.get("mem_limit_gb") else "") + f". Extra settings: {' '.join(a.get('set') or []) or 'none'}.",
         "- Training step = forward + loss + backward + AdamW step; inference = `last_hidden` (eval mode, no grad).",
         "- Peak memory: " + ("`torch.cuda.max_memory_allocated` after a reset, minus memory allocated before the model "
                              "was built (weights, AdamW state and activations included)."
@@ -479,7 +481,12 @@ def to_markdown(rows, meta, rat, cross, notes=(), plots=()) -> str:
         for c in cross:
             what = {"memory": "uses less peak training memory", "train": "trains faster",
                     "infer": "answers `last_hidden` faster"}[c["metric"]]
-            where = f"from L = {c['crossover_L']}" if c["crossover_L"] else f"not reached up to L = {c['measured_up_to']}"
+            if c["crossover_L"] is None:
+                where = f"nowhere up to L = {c['measured_up_to']} (no crossover)"
+            elif c["crossover_L"] == c.get("measured_from"):
+                where = f"at every measured L (crossover at or below L = {c['crossover_L']})"
+            else:
+                where = f"from L = {c['crossover_L']}"
             lines.append(f"- vs `{c['baseline']}`: {REFERENCE} {what} {where}")
     if plots:
         lines += ["", "## Plots (log-log)", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
