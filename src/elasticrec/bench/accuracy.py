@@ -21,6 +21,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,6 +162,7 @@ def run_jobs(jobs: list[Job], n_jobs: int, threads: int, time_budget_s=None, epo
     logs = jobs[0].run_dir.parent / "logs" if jobs else None
     running: list[tuple[Job, subprocess.Popen, float]] = []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    old_handler = _stop_on_sigterm()
     try:
         while todo or running:
             while todo and len(running) < n_jobs:
@@ -190,7 +192,20 @@ def run_jobs(jobs: list[Job], n_jobs: int, threads: int, time_budget_s=None, epo
             p.terminate()
         for _, p, _ in running:
             p.wait()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     return outcome
+
+
+def _stop_on_sigterm():
+    """SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C, so the children are stopped too."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -277,6 +292,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
     p.add_argument("--runs-dir", help="where run directories go (default runs/accuracy; --smoke: OUT/runs)")
     p.add_argument("--out", help="folder for accuracy.json / accuracy.md (default docs/results/accuracy)")
+    p.add_argument("--note", action="append", default=[], help="extra note for the markdown table (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the training commands and exit")
     p.add_argument("--smoke", action="store_true",
                    help="tiny CI run: synthetic data, 1 epoch, d=16, L=64; default models sasrec,elastic, seed 42")
@@ -327,7 +343,12 @@ def run(args) -> int:
             print(shlex.join(train_command(j, threads, args.time_budget_s, args.epochs, args.device,
                                            args.resume and job_state(j) == "unfinished")))
         return 0
-    outcome = run_jobs(jobs, args.jobs, threads, args.time_budget_s, args.epochs, args.device, args.resume)
+    try:
+        outcome = run_jobs(jobs, args.jobs, threads, args.time_budget_s, args.epochs, args.device, args.resume)
+    except KeyboardInterrupt:
+        print("interrupted: running trainings stopped; run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
     notes += [f"{name}: {o}" for name, o in outcome.items() if o.startswith(("failed", "unfinished"))]
     groups, runs = aggregate(jobs)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": shlex.join(["elasticrec", "bench", "accuracy", *_argv(args)]),
@@ -336,9 +357,9 @@ def run(args) -> int:
             "time_budget_s": args.time_budget_s, "epochs": args.epochs, "jobs": args.jobs, "threads": threads,
             "datasets": datasets, "models": models, "seeds": seeds}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "groups": groups, "runs": runs, "notes": notes,
+    (out / "accuracy.json").write_text(json.dumps({"meta": meta, "groups": groups, "runs": runs, "notes": [*args.note, *notes],
                                                    "published": PUBLISHED}, indent=2) + "\n")
-    md = to_markdown(groups, meta, notes)
+    md = to_markdown(groups, meta, [*args.note, *notes])
     (out / "accuracy.md").write_text(md)
     print(md)
     print(f"wrote {out / 'accuracy.json'} and {out / 'accuracy.md'}")
