@@ -351,7 +351,9 @@ def run(args) -> int:
         return 130
     notes += [f"{name}: {o}" for name, o in outcome.items() if o.startswith(("failed", "unfinished"))]
     groups, runs = aggregate(jobs)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": shlex.join(["elasticrec", "bench", "accuracy", *_argv(args)]),
+    env = [f"ELASTICREC_DATA={os.environ['ELASTICREC_DATA']}"] if os.environ.get("ELASTICREC_DATA") else []
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": shlex.join([*env, "elasticrec", "bench", "accuracy", *_argv(args)]),
             "machine": (torch.cuda.get_device_name() if (args.device or "").startswith("cuda") and torch.cuda.is_available()
                         else _cpu_name()), "torch": torch.__version__, "python": platform.python_version(),
             "time_budget_s": args.time_budget_s, "epochs": args.epochs, "jobs": args.jobs, "threads": threads,
