@@ -7,12 +7,14 @@ table. Training losses and evaluation only use :meth:`encode` and :meth:`item_em
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import nn
 
 from elasticrec.config import ModelConfig
+from elasticrec.models.layers.common import LearnedPositions
 
 _REGISTRY: dict[str, Callable[..., "SequentialRecommender"]] = {}
 
@@ -67,6 +69,33 @@ class SequentialRecommender(nn.Module):
     def last_hidden(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state of the last position (the next-item query) for left-padded input."""
         return self.encode(items, timestamps)[:, -1]
+
+    # ------------------------------------------------------------------ input embedding
+    def _build_input(self, pos_encodings: tuple[str, ...] = ("learned", "none")) -> None:
+        """Positional encoding (``self.pos``) and embedding dropout, shared by every model;
+        ``pos_encodings`` are the ``model.pos_encoding`` values the model supports."""
+        cfg = self.cfg
+        if cfg.pos_encoding not in pos_encodings:
+            raise ValueError(f"{self.model_name} supports pos_encoding {', '.join(pos_encodings)}, "
+                             f"not {cfg.pos_encoding!r}")
+        self.pos = self._make_positions()
+        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+
+    def _make_positions(self) -> nn.Module | None:
+        """Learned absolute positions counted from the end of the window, or none."""
+        cfg = self.cfg
+        return LearnedPositions(cfg.max_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
+
+    def _add_positions(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.pos(x)
+
+    def embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled item embeddings + positions + dropout, zero at padding; and the valid mask."""
+        valid = items > 0
+        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
+        if self.pos is not None:
+            x = self._add_positions(x, valid)
+        return self.emb_drop(x) * valid[..., None], valid
 
     # ------------------------------------------------------------------ helpers
     def init_weights(self) -> None:

@@ -131,23 +131,9 @@ class Elastic(SequentialRecommender):
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__(cfg, n_items)
         d, e = cfg.d_model, cfg.elastic
-        if cfg.pos_encoding == "rotary":
-            raise ValueError("elastic supports pos_encoding learned, learned-start, chunk or none "
-                             "(rotary is SASRec-only)")
         if e.chunk_align not in ("end", "start"):
             raise ValueError(f"elastic.chunk_align must be 'end' or 'start', got {e.chunk_align!r}")
-        if cfg.pos_encoding == "learned":
-            self.pos = LearnedPositions(cfg.max_len, d)
-        elif cfg.pos_encoding == "learned-start":
-            self.pos = StartPositions(cfg.max_len, d)
-        elif cfg.pos_encoding == "chunk":
-            self.pos = ChunkPositions(e.chunk_size, d, align=e.chunk_align)
-        elif cfg.pos_encoding == "none":
-            self.pos = None
-        else:
-            raise ValueError(f"unknown pos_encoding {cfg.pos_encoding!r} for elastic; choose "
-                             "learned, learned-start, chunk or none")
-        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        self._build_input(("learned", "learned-start", "chunk", "none"))
         mem_layers = {i % cfg.n_layers for i in e.memory_layers} if e.memory else set()
         self.blocks = nn.ModuleList(
             ElasticBlock(cfg, self._make_memory(cfg) if i in mem_layers else None)
@@ -173,13 +159,18 @@ class Elastic(SequentialRecommender):
         return {str(i): b.attn.memory for i, b in enumerate(self.blocks) if b.attn.memory is not None}
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
-        valid = items > 0
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
-        x = self._add_positions(x, valid)
-        x = self.emb_drop(x) * valid[..., None]
+        x, valid = self.embed(items)
         for blk in self.blocks:
             x = blk(x, valid) * valid[..., None]
         return self.norm(x)
+
+    def _make_positions(self) -> nn.Module | None:
+        cfg, e = self.cfg, self.cfg.elastic
+        if cfg.pos_encoding == "learned-start":
+            return StartPositions(cfg.max_len, cfg.d_model)
+        if cfg.pos_encoding == "chunk":
+            return ChunkPositions(e.chunk_size, cfg.d_model, align=e.chunk_align)
+        return super()._make_positions()  # learned (counted from the end) or none
 
     def _add_positions(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if self.pos is None:
@@ -300,8 +291,7 @@ class Elastic(SequentialRecommender):
                 return state
             new = fresh.nonzero().squeeze(1)
             return state.scatter(new, self.prefill(state.select(new), items[new]))
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
-        x = self._add_positions(x, valid) * valid[..., None]
+        x, _ = self.embed(items)  # eval mode: no dropout
         layers = []
         for blk in self.blocks:
             y, ls = blk.attn.stream_prefill(blk.norm1(x), valid)

@@ -14,14 +14,12 @@ simply left out and only the relative-position bias remains.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from elasticrec.config import ModelConfig
 from elasticrec.models.base import SequentialRecommender, register_model
-from elasticrec.models.layers.common import LearnedPositions
 from elasticrec.models.layers.hstu_attention import (HSTUAttention, relative_position_buckets,
                                                      relative_time_buckets)
 
@@ -46,11 +44,8 @@ class HSTU(SequentialRecommender):
 
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__(cfg, n_items)
-        if cfg.pos_encoding not in ("learned", "none"):
-            raise ValueError(f"hstu supports pos_encoding learned or none, got {cfg.pos_encoding!r}")
         self.uses_timestamps = cfg.hstu.use_time_bias
-        self.pos = LearnedPositions(cfg.max_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
-        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        self._build_input()
         self.blocks = nn.ModuleList(HSTUBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.init_weights()
@@ -58,11 +53,7 @@ class HSTU(SequentialRecommender):
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         if timestamps is not None and timestamps.shape != items.shape:
             raise ValueError(f"timestamps shape {tuple(timestamps.shape)} != items shape {tuple(items.shape)}")
-        valid = items > 0
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
-        if self.pos is not None:
-            x = self.pos(x)
-        x = self.emb_drop(x) * valid[..., None]
+        x, valid = self.embed(items)
         h = self.cfg.hstu
         pos_idx = relative_position_buckets(items.shape[1], h.num_buckets, self.max_len, items.device)
         time_idx = None

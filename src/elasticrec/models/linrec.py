@@ -8,14 +8,13 @@ Cost per layer is O(L d^2 + L C d) (C = ``model.linrec.chunk_size``), no L x L t
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from elasticrec.config import ModelConfig
 from elasticrec.models.base import SequentialRecommender, register_model
-from elasticrec.models.layers.common import FeedForward, LearnedPositions
+from elasticrec.models.layers.common import FeedForward
 from elasticrec.models.layers.linear_attention import CausalLinearAttention
 
 
@@ -37,22 +36,15 @@ class LinRecBlock(nn.Module):
 class LinRec(SequentialRecommender):
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__(cfg, n_items)
-        if cfg.pos_encoding not in ("learned", "none"):
-            raise ValueError(f"linrec supports pos_encoding learned or none, got {cfg.pos_encoding!r}")
         if cfg.linrec.chunk_size < 1:
             raise ValueError(f"model.linrec.chunk_size must be >= 1, got {cfg.linrec.chunk_size}")
-        self.pos = LearnedPositions(cfg.max_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
-        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        self._build_input()
         self.blocks = nn.ModuleList(LinRecBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.init_weights()
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
-        valid = items > 0
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
-        if self.pos is not None:
-            x = self.pos(x)
-        x = self.emb_drop(x) * valid[..., None]
+        x, valid = self.embed(items)
         for blk in self.blocks:
             x = blk(x, valid) * valid[..., None]
         return self.norm(x)

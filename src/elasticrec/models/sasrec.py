@@ -6,7 +6,6 @@ switches to the L x L matrix form used by RecBole / the original code (efficienc
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -14,7 +13,7 @@ from torch import nn
 from elasticrec.config import ModelConfig
 from elasticrec.models.base import SequentialRecommender, register_model
 from elasticrec.models.layers.attention import CausalSelfAttention
-from elasticrec.models.layers.common import FeedForward, LearnedPositions
+from elasticrec.models.layers.common import FeedForward
 
 
 class TransformerBlock(nn.Module):
@@ -37,11 +36,7 @@ class SASRec(SequentialRecommender):
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__(cfg, n_items)
         d = cfg.d_model
-        if cfg.pos_encoding not in ("learned", "none", "rotary"):
-            raise ValueError(f"{self.model_name} supports pos_encoding learned, none or rotary, "
-                             f"not {cfg.pos_encoding!r} (learned-start / chunk are ELASTIC options)")
-        self.pos = LearnedPositions(cfg.max_len, d) if cfg.pos_encoding == "learned" else None
-        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        self._build_input(("learned", "none", "rotary"))
         ffn = cfg.ffn_dim or d
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.n_heads, ffn, cfg.dropout, self.explicit_attention,
@@ -51,11 +46,7 @@ class SASRec(SequentialRecommender):
         self.init_weights()
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
-        valid = items > 0
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model)
-        if self.pos is not None:
-            x = self.pos(x)
-        x = self.emb_drop(x) * valid[..., None]
+        x, valid = self.embed(items)
         attn_valid = None if bool(valid.all()) else valid
         for blk in self.blocks:
             x = blk(x, attn_valid) * valid[..., None]
