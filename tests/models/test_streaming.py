@@ -262,9 +262,10 @@ def test_float32_streaming_close_to_full_forward():
     _stream_and_compare(m, _histories([120, 77]), atol=2e-4)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("memory,use_local", [(True, True), (False, False)])
+@pytest.mark.parametrize("memory,use_local", [(True, True),
+                                               pytest.param(False, False, marks=pytest.mark.slow)])
 def test_streaming_long_history(memory, use_local):
+    """Several thousand events, across ~300 chunk boundaries (IMR on runs in the default suite)."""
     m = _model("chunk", memory, use_local, C=16, k=4, max_len=32)
     _stream_and_compare(m, _histories([3000, 2111], seed=7))
 
