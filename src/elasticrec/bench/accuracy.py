@@ -387,17 +387,9 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="elasticrec bench accuracy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    from elasticrec.config import ConfigError
+    from elasticrec.bench.cli import standalone
 
-    try:
-        return run(args)
-    except ConfigError as e:
-        print(f"elasticrec bench accuracy: error: {e}", file=sys.stderr)
-        return 2
+    return standalone("accuracy", sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from types import ModuleType
 
 from elasticrec.bench import accuracy, efficiency
 
@@ -18,3 +20,20 @@ def add_subcommands(sub) -> None:
                         description=accuracy.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     accuracy.add_arguments(a)
     a.set_defaults(func=accuracy.run)
+
+
+def standalone(name: str, module: ModuleType, argv: list[str] | None = None) -> int:
+    """Run a benchmark module (``add_arguments`` + ``run``) as its own command, as
+    ``python -m elasticrec.bench.<name>`` and ``benchmarks/<name>.py`` do."""
+    from elasticrec.config import ConfigError
+
+    prog = f"elasticrec bench {name}"
+    p = argparse.ArgumentParser(prog=prog, description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return module.run(args)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

@@ -608,17 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child(argv[1])
         return 0
-    p = argparse.ArgumentParser(prog="elasticrec bench efficiency", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    from elasticrec.config import ConfigError
+    from elasticrec.bench.cli import standalone
 
-    try:
-        return run(args)
-    except ConfigError as e:
-        print(f"elasticrec bench efficiency: error: {e}", file=sys.stderr)
-        return 2
+    return standalone("efficiency", sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
