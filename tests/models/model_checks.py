@@ -17,3 +17,30 @@ def assert_no_gradient_from_future(model, items: torch.Tensor, t: int, encode=No
         hook.remove()
     assert g[:, t + 1:].abs().max() == 0
     assert g[:, : t + 1].abs().max() > 0
+
+
+def left_valid(L: int, lengths) -> torch.Tensor:
+    """[len(lengths), L] mask of left-padded rows holding the given numbers of items."""
+    return torch.arange(L)[None, :] >= (L - torch.tensor(lengths))[:, None]
+
+
+def assert_layer_padding_and_batch_invariant(layer, d: int, generator: torch.Generator,
+                                             extras=(0, 5, 37), n: int = 13,
+                                             lengths=(13, 3, 29, 8)) -> None:
+    """A sequence layer ``layer(x [B, L, d], valid)``: extra left padding (whatever its content)
+    never changes a sequence's outputs and padding outputs are zero; each row alone (unpadded)
+    equals that row inside a padded batch."""
+    g = generator
+    seq = torch.randn(1, n, d, generator=g)
+    base = layer(seq)  # no padding at all
+    for extra in extras:
+        junk = torch.randn(1, extra, d, generator=g) * 10  # padding content must not matter
+        yp = layer(torch.cat([junk, seq], dim=1), left_valid(n + extra, [n]))
+        torch.testing.assert_close(yp[:, extra:], base, rtol=1e-5, atol=1e-6)
+        assert torch.all(yp[:, :extra] == 0)
+    seqs = [torch.randn(1, ln, d, generator=g) for ln in lengths]
+    Lb = max(lengths)
+    xb = torch.cat([torch.cat([torch.randn(1, Lb - s.shape[1], d, generator=g), s], 1) for s in seqs])
+    yb = layer(xb, left_valid(Lb, list(lengths)))
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(yb[i, Lb - s.shape[1]:], layer(s)[0], rtol=1e-5, atol=1e-6)

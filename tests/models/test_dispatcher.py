@@ -18,6 +18,7 @@ from elasticrec.models.layers.dispatcher import (
     finalize_state,
 )
 from elasticrec.models.layers.pkm import ProductKeyMemory
+from model_checks import assert_layer_padding_and_batch_invariant, left_valid
 
 D = 8
 
@@ -46,10 +47,6 @@ def _make(L, C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=t
     return _randomize(m, seed).to(dtype).eval()
 
 
-def _left_valid(L, lengths):
-    return torch.arange(L)[None, :] >= (L - torch.tensor(lengths))[:, None]
-
-
 CASES = [
     # L, C, k, H, use_local, memory, shared_local_kv
     (10, 4, 3, 2, True, None, False),     # L not a multiple of C
@@ -66,7 +63,7 @@ def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shar
     m = _make(L, C, k, H, use_local, memory, shared)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, 1, 0][:4]
-    valid = _left_valid(L, lengths)
+    valid = left_valid(L, lengths)
     x = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64)
 
@@ -101,7 +98,7 @@ def test_empty_history_is_the_learned_entry():
     """Positions in the first chunk see exactly the empty-history values as dispatchers."""
     m = _make(8, 4, 3, 2, memory=None)
     x = torch.randn(1, 8, D, dtype=torch.float64)
-    valid = _left_valid(8, [5])  # real items at 3..7; chunks {0..3}, {4..7}: chunk 0 has one item
+    valid = left_valid(8, [5])  # real items at 3..7; chunks {0..3}, {4..7}: chunk 0 has one item
     y = m(x, valid)
     # rebuild position 3 (first real item, chunk 0) by hand: dispatchers = empty_value
     H, dh, k = m.h, m.dh, m.k
@@ -124,7 +121,7 @@ def test_no_future_leakage(C):
     m = _make(L, C, 3, 2, memory="pkm")
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, L, D, generator=g, dtype=torch.float64)
-    valid = _left_valid(L, [L, 8])
+    valid = left_valid(L, [L, 8])
     y = m(x, valid)
     for t in range(L - 1):
         x2 = x.clone()
@@ -142,30 +139,14 @@ def test_left_padding_and_batch_invariance(use_local):
     C, n = 8, 13
     m = _make(64, C, 4, 2, use_local=use_local, memory="pkm", dtype=torch.float32)
     g = torch.Generator().manual_seed(4)
-    seq = torch.randn(1, n, D, generator=g)
-    base = m(seq)  # no padding at all
-    for extra in (0, 5, 37):
-        junk = torch.randn(1, extra, D, generator=g) * 10  # padding content must not matter
-        xp = torch.cat([junk, seq], dim=1)
-        valid = _left_valid(n + extra, [n])
-        yp = m(xp, valid)
-        torch.testing.assert_close(yp[:, extra:], base, rtol=1e-5, atol=1e-6)
-        assert torch.all(yp[:, :extra] == 0)
-    # batch composition: each row alone (unpadded) == that row inside a padded batch
-    lengths = [13, 3, 29, 8]
-    seqs = [torch.randn(1, ln, D, generator=g) for ln in lengths]
-    Lb = max(lengths)
-    xb = torch.cat([torch.cat([torch.randn(1, Lb - s.shape[1], D, generator=g), s], 1) for s in seqs])
-    yb = m(xb, _left_valid(Lb, lengths))
-    for i, s in enumerate(seqs):
-        torch.testing.assert_close(yb[i, Lb - s.shape[1]:], m(s)[0], rtol=1e-5, atol=1e-6)
+    assert_layer_padding_and_batch_invariant(m, D, g, extras=(0, 5, 37), n=n)
 
 
 def test_dropout_only_in_training_and_finite():
     m = _make(20, 4, 3, 2, memory="linear", dtype=torch.float32)
     m.dropout = 0.5
     x = torch.randn(2, 20, D)
-    valid = _left_valid(20, [20, 9])
+    valid = left_valid(20, [20, 9])
     torch.testing.assert_close(m(x, valid), m(x, valid))  # eval: deterministic
     m.train()
     a, b = m(x, valid), m(x, valid)
@@ -176,7 +157,7 @@ def test_dropout_only_in_training_and_finite():
 def test_large_inputs_are_finite():
     m = _make(70, 8, 4, 2, memory="pkm", dtype=torch.float32)
     x = (torch.randn(3, 70, D) * 100).requires_grad_(True)
-    valid = _left_valid(70, [70, 33, 1])
+    valid = left_valid(70, [70, 33, 1])
     y = m(x, valid)
     assert torch.isfinite(y).all()
     y.sum().backward()
@@ -199,7 +180,7 @@ def test_bf16_close_to_fp32_reference():
     mbf = copy.deepcopy(m32).to(torch.bfloat16)
     ref_module = copy.deepcopy(mbf).float()  # same (bf16-rounded) weights, fp32 math
     x = torch.randn(2, L, D)
-    valid = _left_valid(L, [L, 17])
+    valid = left_valid(L, [L, 17])
     y = mbf(x.to(torch.bfloat16), valid)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
     r = dispatcher_attention_reference(ref_module, x.to(torch.bfloat16).float(), valid)

@@ -14,6 +14,7 @@ from elasticrec.models.elastic import ElasticState
 from elasticrec.models.layers.common import ChunkPositions, StartPositions, first_valid_index
 from elasticrec.models.layers.dispatcher import DispatcherAttention, dispatcher_attention_reference
 from elasticrec.models.layers.pkm import ProductKeyMemory
+from model_checks import assert_layer_padding_and_batch_invariant, left_valid
 
 D = 8
 
@@ -44,10 +45,6 @@ def _layer(C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=tor
     return _randomize(m, seed).to(dtype).eval()
 
 
-def _left_valid(L, lengths):
-    return torch.arange(L)[None, :] >= (L - torch.tensor(lengths))[:, None]
-
-
 # ------------------------------------------------------------------ layer: start alignment
 
 CASES = [
@@ -66,7 +63,7 @@ def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local
     m = _layer(C, k, H, use_local, memory, shared)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, L - C - 1 if L - C - 1 > 0 else 1, 1, 0]
-    valid = _left_valid(L, lengths)
+    valid = left_valid(L, lengths)
     x = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64)
     params = list(m.parameters())
@@ -90,7 +87,7 @@ def test_start_alignment_differs_from_end_and_is_grid_from_first_item():
     e.chunk_align = "end"
     x = torch.randn(1, 12, D, dtype=torch.float64)
     torch.testing.assert_close(m(x), e(x))                      # 12 items: grids coincide
-    valid = _left_valid(12, [10])                                # 10 items: grids differ
+    valid = left_valid(12, [10])                                # 10 items: grids differ
     assert not torch.allclose(m(x, valid), e(x, valid))
 
 
@@ -98,21 +95,7 @@ def test_start_alignment_differs_from_end_and_is_grid_from_first_item():
 def test_start_alignment_padding_and_batch_invariance(use_local):
     m = _layer(8, 4, 2, use_local=use_local, memory="pkm", dtype=torch.float32)
     g = torch.Generator().manual_seed(4)
-    n = 13
-    seq = torch.randn(1, n, D, generator=g)
-    base = m(seq)
-    for extra in (0, 3, 8, 37):
-        junk = torch.randn(1, extra, D, generator=g) * 10
-        yp = m(torch.cat([junk, seq], 1), _left_valid(n + extra, [n]))
-        torch.testing.assert_close(yp[:, extra:], base, rtol=1e-5, atol=1e-6)
-        assert torch.all(yp[:, :extra] == 0)
-    lengths = [13, 3, 29, 8]
-    seqs = [torch.randn(1, ln, D, generator=g) for ln in lengths]
-    Lb = max(lengths)
-    xb = torch.cat([torch.cat([torch.randn(1, Lb - s.shape[1], D, generator=g), s], 1) for s in seqs])
-    yb = m(xb, _left_valid(Lb, lengths))
-    for i, s in enumerate(seqs):
-        torch.testing.assert_close(yb[i, Lb - s.shape[1]:], m(s)[0], rtol=1e-5, atol=1e-6)
+    assert_layer_padding_and_batch_invariant(m, D, g, extras=(0, 3, 8, 37))
 
 
 @pytest.mark.parametrize("C", [1, 3, 4])
@@ -121,7 +104,7 @@ def test_start_alignment_no_future_leakage(C):
     m = _layer(C, 3, 2, memory="pkm")
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, L, D, generator=g, dtype=torch.float64)
-    valid = _left_valid(L, [L, 8])
+    valid = left_valid(L, [L, 8])
     y = m(x, valid)
     for t in range(L - 1):
         x2 = x.clone()
@@ -146,7 +129,7 @@ def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, share
     m = _layer(C, 3, 2, use_local, memory, shared)
     g = torch.Generator().manual_seed(6)
     L, lengths = 23, [23, 18, 0]
-    valid = _left_valid(L, lengths)
+    valid = left_valid(L, lengths)
     x = torch.randn(3, L, D, generator=g, dtype=torch.float64)
     y = m(x, valid)
     st = m.stream_init(3, dtype=torch.float64)
@@ -178,7 +161,7 @@ def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, share
 
 
 def test_position_encodings_count_from_first_item():
-    valid = _left_valid(7, [5, 0, 7])
+    valid = left_valid(7, [5, 0, 7])
     assert first_valid_index(valid).tolist() == [2, 7, 0]
     sp = StartPositions(4, D)
     x = torch.zeros(3, 7, D)
@@ -219,7 +202,7 @@ def _histories(lengths, seed=0):
     g = torch.Generator().manual_seed(seed)
     T = max(lengths)
     items = torch.randint(1, N_ITEMS + 1, (len(lengths), T), generator=g)
-    return items.masked_fill(~_left_valid(T, lengths), 0)
+    return items.masked_fill(~left_valid(T, lengths), 0)
 
 
 def _stream_and_compare(m, items, atol=1e-10):
