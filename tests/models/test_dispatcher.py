@@ -142,6 +142,26 @@ def test_left_padding_and_batch_invariance(use_local):
     assert_layer_padding_and_batch_invariant(m, D, g, extras=(0, 5, 37), n=n)
 
 
+@pytest.mark.parametrize("align", ["end", "start"])
+def test_memory_reads_only_chunks_with_items(align):
+    """The memory is queried once per dispatcher of every chunk holding a valid position, never
+    for padding-only chunks: slot hits = chunks-with-items x k x heads x top-m; the outputs equal
+    a layer whose memory reads every chunk."""
+    C, k, L = 4, 3, 18                                  # padded to 20: five chunks
+    m = _make(L, C, k, 2, memory="pkm")
+    m.chunk_align = align
+    mem = m.memory
+    valid = left_valid(L, [18, 5, 1, 0])
+    x = torch.randn(4, L, D, dtype=torch.float64)
+    mem.track_usage = True
+    y = m(x, valid)
+    n_chunks = 5 + 2 + 1 + 0   # both grids: 18 items span 5 chunks, 5 span 2, 1 spans 1
+    assert mem.usage_stats()["hits"] == n_chunks * k * mem.heads * mem.topk
+    full = copy.deepcopy(m)
+    full.finish_pack = lambda P, rows=None: type(m).finish_pack(full, P)   # memory on every chunk
+    torch.testing.assert_close(y, full(x, valid), rtol=0, atol=0)
+
+
 def test_dropout_only_in_training_and_finite():
     m = _make(20, 4, 3, 2, memory="linear", dtype=torch.float32)
     m.dropout = 0.5

@@ -43,9 +43,11 @@ projections by default, ``shared_local_kv=True`` reuses ``Wk2, Wv2``). The query
 Cost ``O(L k d + L C d)`` time and ``O(L/C k d + L C)`` extra memory: no L x L tensor anywhere
 (the scan's rescaling factors ``exp(m - M)`` are constants because the running max is detached,
 so backward keeps only ``O(L/C k log(L/C))`` scalars for it, not the ``d``-wide states).
-The memory module sees the dispatchers of every chunk, including chunks made only of padding
-(their P is the empty-history state): a memory with batch statistics (BatchNorm queries) in
-training mode therefore depends on the padding; use LayerNorm queries where that matters.
+The memory module reads only the dispatchers of chunks that hold at least one valid position
+(those of padding-only chunks are never attended to). This saves most of its cost on short,
+left-padded histories, keeps padding out of the slot-usage statistics, and keeps BatchNorm
+queries' batch statistics independent of how much padding a batch has (they still couple the
+rows of a batch in training mode; use LayerNorm queries where that matters).
 Dropout (training only) applies to the aggregation weights (the numerators, which equals dropping
 normalised attention probabilities) and to the distribution attention probabilities.
 
@@ -272,12 +274,19 @@ class DispatcherAttention(nn.Module):
     def local_kv_proj(self, x: torch.Tensor) -> torch.Tensor:
         return (self.disp_kv if self.local_kv is None else self.local_kv)(x)
 
-    def finish_pack(self, P: torch.Tensor) -> torch.Tensor:
-        """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory."""
+    def finish_pack(self, P: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory.
+
+        ``rows`` (bool, ``P.shape[:-2]``) limits the memory lookup to those chunks; the others
+        keep ``pack_out(P)`` (their dispatchers must be unused, e.g. chunks of padding only)."""
         P = self.pack_out(P)
-        if self.memory is not None:
-            P = P + self.memory(P)
-        return P
+        if self.memory is None:
+            return P
+        if rows is None:
+            return P + self.memory(P)
+        idx = rows.nonzero(as_tuple=True)
+        sel = P[idx]                                                          # [M, k, D]
+        return P.index_put(idx, sel + self.memory(sel))
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -322,7 +331,10 @@ class DispatcherAttention(nn.Module):
             states = exclusive_chunk_states(part, init, dim=2)
             P = finalize_state(states)                                        # [B, H, n, k, dh]
         P = P.permute(0, 2, 3, 1, 4).reshape(B, n, k, D).to(x.dtype)
-        P = self.finish_pack(P)                                               # [B, n, k, D]
+        # the memory reads only chunks holding a valid position: the dispatchers of padding-only
+        # chunks are never attended to (their outputs are masked), so skipping them is exact.
+        # ``keep`` (streaming prefill) needs them all: the next open chunk may hold no item yet.
+        P = self.finish_pack(P, None if keep else valid.view(B, n, C).any(dim=-1))  # [B,n,k,D]
 
         # ---- distribute: joint softmax over the chunk's dispatchers and causal local positions
         q2 = self._heads(self.q(x).view(B, n, C, D)).transpose(1, 2)          # [B, H, n, C, dh]
