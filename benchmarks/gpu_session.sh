@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything that still needs a GPU, in one call sized for a ~10-minute device window:
 #   1. CUDA correctness (benchmarks/gpu_checks.py);
-#   2. DDP on nccl: `torchrun --nproc_per_node 1` against a plain single-process run, same seed,
-#      same validation metrics expected;
+#   2. DDP on nccl: `torchrun --nproc_per_node 1` (joins an nccl process group, wraps the model in
+#      DDP and runs every collective) against a plain single-process run, same seed, same
+#      validation metrics expected;
 #   3. the efficiency benchmark on CUDA in bf16, L = 256 ... 32768 (background);
 #   4. accuracy on the L=50 datasets: SASRec and three ELASTIC settings (preset, IMR off, k=8),
 #      every run with the same wall-clock budget, all concurrently on the one GPU.

@@ -1,5 +1,7 @@
-"""Two-process DistributedDataParallel (gloo, CPU) equals a single process with the same global
-batch and seed: real ``torchrun`` subprocesses, as a user would launch them."""
+"""DistributedDataParallel (gloo, CPU) with one or two processes equals a plain single process
+with the same global batch and seed: real ``torchrun`` subprocesses, as a user would launch them.
+One process still joins the process group and runs every collective (what a one-GPU nccl run
+exercises)."""
 
 import json
 import os
@@ -27,10 +29,11 @@ def _valid(run):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
-def test_two_process_gloo_matches_single_process(tmp_path):
+@pytest.mark.parametrize("nproc", [2, 1])
+def test_torchrun_gloo_matches_single_process(tmp_path, nproc):
     single, multi = tmp_path / "single", tmp_path / "ddp"
     _run([sys.executable, "-m", "elasticrec", *ARGS, "--run-dir", str(single)], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
           "-m", "elasticrec", *ARGS, "--run-dir", str(multi)], tmp_path)
     a, b = _valid(single), _valid(multi)
     assert len(a) == len(b) == 3

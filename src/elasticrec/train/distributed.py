@@ -1,8 +1,10 @@
 """Multi-process training with PyTorch DistributedDataParallel, launched by ``torchrun``.
 
 ``torchrun --nproc_per_node N -m elasticrec train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
-:func:`setup` then joins the process group (gloo on CPU, nccl on CUDA). Without those variables
-everything here is a no-op, so single-process code paths are unchanged.
+:func:`setup` then joins the process group (gloo on CPU, nccl on CUDA), with any number of
+processes: ``--nproc_per_node 1`` runs the same collectives and DDP wrapper (so a one-GPU machine
+exercises nccl). Without those variables everything here is a no-op, so single-process code paths
+are unchanged.
 
 Data parallelism keeps the *global* batch of a single-process run: every rank takes the
 ``rank::world`` slice of the same shuffled global batch, losses are summed and divided by the
@@ -25,10 +27,11 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False  # joined a process group (launched by torchrun, any world size)
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.group
 
     @property
     def is_main(self) -> bool:
@@ -36,16 +39,16 @@ class DistInfo:
 
 
 def setup(device_pref: str = "auto") -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return DistInfo()
+    world = int(os.environ["WORLD_SIZE"])
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistInfo(rank, world, local)
+    return DistInfo(rank, world, local, group=True)
 
 
 def all_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
