@@ -39,9 +39,12 @@ class DistInfo:
 
 
 def setup(device_pref: str = "auto") -> DistInfo:
-    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+    env = os.environ
+    if "WORLD_SIZE" not in env or "RANK" not in env:
         return DistInfo()
-    world = int(os.environ["WORLD_SIZE"])
+    world = int(env["WORLD_SIZE"])
+    if world == 1 and "MASTER_ADDR" not in env:  # a lone RANK=0 / WORLD_SIZE=1 without a launcher
+        return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
     if not dist.is_initialized():
