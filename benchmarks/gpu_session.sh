@@ -5,13 +5,14 @@
 #      DDP and runs every collective) against a plain single-process run, same seed, same
 #      validation metrics expected;
 #   3. the efficiency benchmark on CUDA in bf16, L = 256 ... 32768 (background);
-#   4. accuracy on the L=50 datasets: SASRec and three ELASTIC settings (preset, IMR off, k=8),
+#   4. accuracy on the L=50 datasets: SASRec and four ELASTIC settings (preset, IMR off, k=8,
+#      memory read by every position instead of the dispatchers),
 #      every run with the same wall-clock budget, all concurrently on the one GPU.
 # Outputs go under OUT (default runs/gpu-session): logs, run dirs, efficiency/, summary.{json,md}.
 #
 #   ELASTICREC_DATA=/path/to/data OUT=runs/gpu-session BUDGET=330 bash benchmarks/gpu_session.sh
 #
-# 20 trainings share the GPU and the machine's CPU cores (one thread each); on the 2026-11-26
+# 25 trainings share the GPU and the machine's CPU cores (one thread each); on the 2026-11-26
 # H100 (16 cores) 16 such runs each got ~20 Beauty epochs in 380 s, i.e. they are CPU-bound.
 set -u
 OUT=${OUT:-runs/gpu-session}
@@ -64,6 +65,7 @@ for ds in $DATASETS; do
   run "$ds-elastic"           --dataset "$ds" --model elastic
   run "$ds-elastic-imr-off"   --dataset "$ds" --model elastic --set model.elastic.memory=false
   run "$ds-elastic-k8"        --dataset "$ds" --model elastic --set model.elastic.n_dispatchers=8
+  run "$ds-elastic-imr-tokens" --dataset "$ds" --model elastic --set model.elastic.memory_site=tokens
   for m in $BASELINES; do run "$ds-$m" --dataset "$ds" --model "$m"; done
 done
 wait

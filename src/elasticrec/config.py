@@ -66,6 +66,10 @@ class ElasticConfig:
     # item of the history (needed for constant-cost streaming updates, see elasticrec.serving)
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR
+    # where a block reads its memory: "dispatchers" (ELASTIC.md: each packed dispatcher queries it,
+    # P <- P + PKM(P)) or "tokens" (every position's hidden state queries it after the FFN,
+    # x <- x + PKM(LN(x)), as in Lample et al.; works on histories shorter than one chunk)
+    memory_site: str = "dispatchers"
     memory_n_keys: int = 256  # sub-keys per codebook: n_keys^2 slots
     memory_heads: int = 4
     memory_topk: int = 32
@@ -161,6 +165,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos_encoding": ("learned", "learned-start", "chunk", "none", "rotary"),
     "model.elastic.chunk_align": ("end", "start"),
     "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
+    "model.elastic.memory_site": ("dispatchers", "tokens"),
     "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
     "train.loss": ("ce", "sampled", "bce"),

@@ -17,10 +17,10 @@ def _model(memory=True, **ekw):
     return build_model(cfg, n_items=60).eval()
 
 
-@pytest.mark.parametrize("memory", [False, True])
+@pytest.mark.parametrize("memory,site", [(False, "dispatchers"), (True, "dispatchers"), (True, "tokens")])
 @pytest.mark.parametrize("use_local", [False, True])
-def test_no_future_leakage_forward_and_grad(memory, use_local):
-    m = _model(memory, use_local=use_local)
+def test_no_future_leakage_forward_and_grad(memory, site, use_local):
+    m = _model(memory, use_local=use_local, memory_site=site)
     items = torch.randint(1, 61, (3, 30))
     items[1, :7] = 0
     for t in (2, 11, 20):
@@ -31,8 +31,9 @@ def test_no_future_leakage_forward_and_grad(memory, use_local):
     assert_no_gradient_from_future(m, items, t=14)
 
 
-def test_left_padding_and_batch_composition_invariance():
-    m = _model(True)
+@pytest.mark.parametrize("site", ["dispatchers", "tokens"])
+def test_left_padding_and_batch_composition_invariance(site):
+    m = _model(True, memory_site=site)
     seq = torch.randint(1, 61, (1, 13))
     outs = []
     for pad in (0, 5, 19):
@@ -45,11 +46,18 @@ def test_left_padding_and_batch_composition_invariance():
     torch.testing.assert_close(m.encode(batch)[1:2, -13:], outs[0], atol=1e-5, rtol=1e-5)
 
 
-def test_memory_usage_reported_and_value_lr_group():
-    m = _model(True, memory_value_lr=0.01)
-    m.encode(torch.randint(1, 61, (4, 32)))
+@pytest.mark.parametrize("site", ["dispatchers", "tokens"])
+def test_memory_usage_reported_and_value_lr_group(site):
+    m = _model(True, memory_value_lr=0.01, memory_site=site)
+    items = torch.randint(1, 61, (4, 32))
+    items[0, :20] = 0
+    m.encode(items)
     stats = m.extra_metrics()
     assert any(k.endswith("frac_used") for k in stats) and all(v == v for v in stats.values())
+    if site == "tokens":  # one read per valid position, head and top-m; none at padding
+        mem = m.blocks[-1].memory
+        assert m.blocks[-1].attn.memory is None and list(m.memories) == ["1"]
+        assert stats["memory1/hits"] == int((items > 0).sum()) * mem.heads * mem.topk
     groups = m.param_groups(1e-3, 0.0)
     assert any(g["lr"] == 0.01 for g in groups)
     n = sum(p.numel() for g in groups for p in g["params"])

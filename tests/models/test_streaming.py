@@ -185,8 +185,11 @@ N_ITEMS = 50
 
 def _model(pos="learned-start", memory=True, use_local=True, C=4, k=3, max_len=16, align="start",
            dtype=torch.float64, n_layers=2, seed=0):
-    e = ElasticConfig(n_dispatchers=k, chunk_size=C, memory=memory, memory_n_keys=8, memory_heads=2,
-                      memory_topk=3, memory_key_dim=8, chunk_align=align, use_local=use_local)
+    """``memory``: False, True (read by the dispatchers) or "tokens" (read by every position)."""
+    site = "tokens" if memory == "tokens" else "dispatchers"
+    e = ElasticConfig(n_dispatchers=k, chunk_size=C, memory=bool(memory), memory_n_keys=8,
+                      memory_heads=2, memory_topk=3, memory_key_dim=8, chunk_align=align,
+                      use_local=use_local, memory_site=site)
     cfg = ModelConfig(name="elastic", max_len=max_len, d_model=16, n_layers=n_layers, n_heads=2,
                       dropout=0.0, elastic=e, pos_encoding=pos)
     torch.manual_seed(seed)
@@ -228,6 +231,7 @@ STREAM_CASES = [
     ("learned-start", False, False, 4),
     ("none", True, False, 5),
     ("none", False, True, 3),
+    ("learned-start", "tokens", True, 4),
     ("chunk", True, True, 4),
     ("chunk", False, False, 1),
 ]
@@ -259,7 +263,7 @@ def _assert_states_close(a: ElasticState, b: ElasticState, atol=1e-10):
         torch.testing.assert_close(x, y, rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("pos,memory,use_local,C", STREAM_CASES[:4])
+@pytest.mark.parametrize("pos,memory,use_local,C", STREAM_CASES[:5])
 def test_prefill_equals_event_by_event(pos, memory, use_local, C):
     m = _model(pos, memory, use_local, C=C)
     items = _histories([41, 40, C, 0, 17], seed=2)

@@ -2,7 +2,8 @@
 
 Embedding + learned positions + N pre-LN blocks (chunk-causal dispatcher attention, FFN) +
 final LayerNorm; scores by dot product with the shared item embedding table. Blocks listed in
-``elastic.memory_layers`` add a product-key interest memory to their packed dispatchers.
+``elastic.memory_layers`` add a product-key interest memory, read by their packed dispatchers
+(``memory_site="dispatchers"``, ELASTIC.md) or by every position after the FFN (``"tokens"``).
 Cost is linear in L: O(L*k*d + L*C*d) per layer, no L x L tensor.
 
 Streaming (serving): with ``elastic.chunk_align="start"`` and a streaming-compatible position
@@ -35,19 +36,36 @@ from elasticrec.models.layers.pkm import ProductKeyMemory
 
 
 class ElasticBlock(nn.Module):
+    """Pre-LN block: dispatcher attention, FFN and, with ``memory_site="tokens"``, a per-position
+    interest-memory read (``memory_site="dispatchers"`` puts the memory inside the attention)."""
+
     def __init__(self, cfg: ModelConfig, memory: nn.Module | None):
         super().__init__()
         d, e = cfg.d_model, cfg.elastic
+        on_tokens = memory is not None and e.memory_site == "tokens"
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = DispatcherAttention(d, cfg.n_heads, e.n_dispatchers, e.chunk_size, cfg.dropout,
-                                        use_local=e.use_local, memory=memory,
+                                        use_local=e.use_local, memory=None if on_tokens else memory,
                                         chunk_align=e.chunk_align)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
+        self.memory = memory if on_tokens else None
+        self.norm3 = nn.LayerNorm(d) if on_tokens else None
 
     def forward(self, x, valid):
         x = x + self.drop(self.attn(self.norm1(x), valid))
-        return x + self.ffn(self.norm2(x))
+        return self.tail(x, valid)
+
+    def tail(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """FFN residual, then the token memory (read at valid positions only; None = all)."""
+        x = x + self.ffn(self.norm2(x))
+        if self.memory is None:
+            return x
+        if valid is None:
+            return x + self.drop(self.memory(self.norm3(x)))
+        idx = valid.nonzero(as_tuple=True)
+        sel = x[idx]
+        return x.index_put(idx, sel + self.drop(self.memory(self.norm3(sel))))
 
 
 # position encodings whose value for an item never changes when later items arrive
@@ -155,8 +173,9 @@ class Elastic(SequentialRecommender):
 
     @property
     def memories(self) -> dict[str, ProductKeyMemory]:
-        """Interest memories by block index (each lives inside its block's attention)."""
-        return {str(i): b.attn.memory for i, b in enumerate(self.blocks) if b.attn.memory is not None}
+        """Interest memories by block index (in the block's attention, or the block itself)."""
+        mems = {str(i): b.attn.memory if b.memory is None else b.memory for i, b in enumerate(self.blocks)}
+        return {k: m for k, m in mems.items() if m is not None}
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         x, valid = self.embed(items)
@@ -254,8 +273,7 @@ class Elastic(SequentialRecommender):
         layers = []
         for blk, ls in zip(self.blocks, state.layers):
             y, ls = blk.attn.stream_step(ls, blk.norm1(x), count)
-            x = x + y
-            x = x + blk.ffn(blk.norm2(x))
+            x = blk.tail(x + y)
             layers.append(ls)
         return ElasticState(count + 1, layers, self.norm(x))
 
@@ -295,8 +313,7 @@ class Elastic(SequentialRecommender):
         layers = []
         for blk in self.blocks:
             y, ls = blk.attn.stream_prefill(blk.norm1(x), valid)
-            x = x + y
-            x = (x + blk.ffn(blk.norm2(x))) * valid[..., None]
+            x = blk.tail(x + y, valid) * valid[..., None]
             layers.append(ls)
         return ElasticState(valid.sum(dim=1), layers, self.norm(x[:, -1]))
 
