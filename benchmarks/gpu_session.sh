@@ -10,13 +10,17 @@
 #      every run with the same wall-clock budget, all concurrently on the one GPU.
 # Outputs go under OUT (default runs/gpu-session): logs, run dirs, efficiency/, summary.{json,md}.
 #
-#   ELASTICREC_DATA=/path/to/data OUT=runs/gpu-session BUDGET=330 bash benchmarks/gpu_session.sh
+#   ELASTICREC_DATA=/path/to/data OUT=runs/gpu-session BUDGET=300 bash benchmarks/gpu_session.sh
+#
+# With the device tool (its machine has no ../shared): copy the data into the ignored .devdata/,
+# carry it and .venv-free installs there, e.g. run(command="pip install -e . >/dev/null &&
+# ELASTICREC_DATA=.devdata OUT=$OUT/s bash benchmarks/gpu_session.sh", carry=[".devdata"]).
 #
 # 25 trainings share the GPU and the machine's CPU cores (one thread each); on the 2026-11-26
 # H100 (16 cores) 16 such runs each got ~20 Beauty epochs in 380 s, i.e. they are CPU-bound.
 set -u
 OUT=${OUT:-runs/gpu-session}
-BUDGET=${BUDGET:-330}
+BUDGET=${BUDGET:-300}
 DATASETS=${DATASETS:-beauty sports yelp lastfm beauty-bert4rec}
 BASELINES=${BASELINES:-}   # e.g. "hstu linrec": more models per dataset (their presets), same budget
 mkdir -p "$OUT/logs"
