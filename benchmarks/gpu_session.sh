@@ -13,7 +13,7 @@
 #   ELASTICREC_DATA=/path/to/data OUT=runs/gpu-session BUDGET=300 bash benchmarks/gpu_session.sh
 #
 # With the device tool (its machine has no ../shared): copy the data into the ignored .devdata/,
-# carry it and .venv-free installs there, e.g. run(command="pip install -e . >/dev/null &&
+# carry it and install the package there first, e.g. run(command="pip install -e . &&
 # ELASTICREC_DATA=.devdata OUT=$OUT/s bash benchmarks/gpu_session.sh", carry=[".devdata"]).
 #
 # 25 trainings share the GPU and the machine's CPU cores (one thread each); on the 2026-11-26
