@@ -35,6 +35,26 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["protocol"].startswith("SAMPLED")
 
 
+def test_resume_accepts_only_run_safe_changes(tmp_path, capsys):
+    """--resume continues the saved config; --epochs / --set train.patience etc. may change it (and
+    are saved), anything that would make it another experiment is a clear error."""
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "1",
+                 "--run-dir", str(run), "--no-progress", *SMALL]) == 0
+    capsys.readouterr()
+    for argv, needle in ((["--set", "model.d_model=8"], "model.d_model cannot change"),
+                         (["--model", "elastic"], "--model cannot change"),
+                         (["--set", "train.lr=0.1"], "allowed: train.epochs")):
+        assert main(["train", "--run-dir", str(run), "--resume", *argv]) == 2
+        assert needle in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "--epochs", "2",
+                 "--set", "train.patience=7"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    saved = (run / "config.yaml").read_text()
+    assert "epochs: 2" in saved and "patience: 7" in saved
+
+
 def test_data_stats(capsys):
     assert main(["data", "stats", "--dataset", "synthetic", "--json", *SMALL]) == 0
     s = json.loads(capsys.readouterr().out)

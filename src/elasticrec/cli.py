@@ -67,14 +67,57 @@ def validate_names(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; choose one of {', '.join(DATASETS)}")
 
 
+# what `train --resume` may change in a run's saved configuration (the rest would make the
+# continued run a different experiment)
+RESUME_KEYS = ("train.epochs", "train.patience", "train.time_budget_s", "train.num_threads",
+               "train.device")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_config(args) -> ExperimentConfig:
+    """The run's saved configuration, plus the few changes a resumed run accepts (--epochs,
+    --device and --set on RESUME_KEYS); anything else is rejected, never silently ignored."""
+    fixed = {"--config": args.config, "--dataset": args.dataset, "--model": args.model,
+             "--data-path": args.data_path, "--batch-size": args.batch_size, "--lr": args.lr,
+             "--max-len": args.max_len}
+    bad = [k for k, v in fixed.items() if v is not None]
+    if bad:
+        raise ConfigError(f"--resume continues the run with its saved config.yaml; {', '.join(bad)} "
+                          f"cannot change (allowed: --epochs, --device, --set on {', '.join(RESUME_KEYS)})")
+    change: dict = {}
+    if args.epochs is not None:
+        change["train.epochs"] = args.epochs
+    if args.device is not None:
+        change["train.device"] = args.device
+    for o in args.overrides:
+        change.update(_flat(parse_override(o)))
+    bad = sorted(set(change) - set(RESUME_KEYS))
+    if bad:
+        raise ConfigError(f"--resume: {', '.join(bad)} cannot change in a resumed run; "
+                          f"allowed: {', '.join(RESUME_KEYS)}")
+    cfg = load_config(Path(args.run_dir) / "config.yaml")
+    for key, value in change.items():
+        section, name = key.split(".")
+        cfg = merge(cfg, {section: {name: value}})
+    return cfg
+
+
 def cmd_train(args) -> int:
     from elasticrec.train import train
 
-    cfg = resolve_config(args)
     if args.resume and not args.run_dir:
         raise ConfigError("--resume needs --run-dir DIR of the interrupted run")
-    if args.resume:  # continue with the run's own configuration
-        cfg = load_config(Path(args.run_dir) / "config.yaml")
+    # a resumed run continues with its own configuration (and the changes resume_config allows)
+    cfg = resume_config(args) if args.resume else resolve_config(args)
     if args.no_progress:
         cfg = merge(cfg, {"train": {"progress": False}})
     run_dir, res = train(cfg, args.run_dir, resume=args.resume)
