@@ -30,8 +30,8 @@ from torch import nn
 from elasticrec.config import ModelConfig
 from elasticrec.models.base import SequentialRecommender, register_model
 from elasticrec.models.layers.common import (ChunkPositions, FeedForward, LearnedPositions,
-                                             StartPositions, first_valid_index)
-from elasticrec.models.layers.dispatcher import DispatcherAttention, LSEState, StreamState
+                                             StartPositions, first_valid_index, residual_at)
+from elasticrec.models.layers.dispatcher import DispatcherAttention, StreamState
 from elasticrec.models.layers.pkm import ProductKeyMemory
 
 
@@ -61,11 +61,7 @@ class ElasticBlock(nn.Module):
         x = x + self.ffn(self.norm2(x))
         if self.memory is None:
             return x
-        if valid is None:
-            return x + self.drop(self.memory(self.norm3(x)))
-        idx = valid.nonzero(as_tuple=True)
-        sel = x[idx]
-        return x.index_put(idx, sel + self.drop(self.memory(self.norm3(sel))))
+        return residual_at(x, valid, lambda h: self.drop(self.memory(self.norm3(h))))
 
 
 # position encodings whose value for an item never changes when later items arrive
@@ -192,8 +188,6 @@ class Elastic(SequentialRecommender):
         return super()._make_positions()  # learned (counted from the end) or none
 
     def _add_positions(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        if self.pos is None:
-            return x
         if isinstance(self.pos, LearnedPositions):
             return self.pos(x)
         return self.pos(x, valid)

@@ -14,7 +14,6 @@ simply left out and only the relative-position bias remains.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -8,7 +8,6 @@ Cost per layer is O(L d^2 + L C d) (C = ``model.linrec.chunk_size``), no L x L t
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

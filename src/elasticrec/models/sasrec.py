@@ -6,7 +6,6 @@ switches to the L x L matrix form used by RecBole / the original code (efficienc
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

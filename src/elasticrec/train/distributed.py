@@ -45,7 +45,7 @@ def setup(device_pref: str = "auto") -> DistInfo:
     world = int(env["WORLD_SIZE"])
     if world == 1 and "MASTER_ADDR" not in env:  # a lone RANK=0 / WORLD_SIZE=1 without a launcher
         return DistInfo()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
     if not dist.is_initialized():
         if use_cuda:

@@ -44,6 +44,16 @@ def first_valid_index(valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, pos, L).amin(dim=1)
 
 
+def residual_at(x: torch.Tensor, rows: torch.Tensor | None, fn) -> torch.Tensor:
+    """``x + fn(x)`` on the rows selected by the bool mask ``rows`` (leading dims of ``x``); other
+    rows are returned unchanged and ``fn`` never sees them. ``rows=None``: every row."""
+    if rows is None:
+        return x + fn(x)
+    idx = rows.nonzero(as_tuple=True)
+    sel = x[idx]
+    return x.index_put(idx, sel + fn(sel))
+
+
 class StartPositions(nn.Module):
     """Learned absolute positions counted from each row's FIRST valid item (``learned-start``).
 

@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticrec.models.layers.common import first_valid_index
+from elasticrec.models.layers.common import first_valid_index, residual_at
 
 # "minus infinity" for the running max of a state that holds no entry; finite so that combining
 # two empty states never computes inf - inf.
@@ -280,13 +280,7 @@ class DispatcherAttention(nn.Module):
         ``rows`` (bool, ``P.shape[:-2]``) limits the memory lookup to those chunks; the others
         keep ``pack_out(P)`` (their dispatchers must be unused, e.g. chunks of padding only)."""
         P = self.pack_out(P)
-        if self.memory is None:
-            return P
-        if rows is None:
-            return P + self.memory(P)
-        idx = rows.nonzero(as_tuple=True)
-        sel = P[idx]                                                          # [M, k, D]
-        return P.index_put(idx, sel + self.memory(sel))
+        return P if self.memory is None else residual_at(P, rows, self.memory)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
