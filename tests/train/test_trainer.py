@@ -71,6 +71,37 @@ def test_resume_continues_to_identical_result(cyclic_data, tmp_path):
         assert res[k] == pytest.approx(full[k], abs=1e-6)
 
 
+def test_stop_inside_an_epoch_then_resume_trains_like_an_uninterrupted_run(cyclic_data, tmp_path):
+    """A max_steps / time-budget stop mid-epoch checkpoints its place; --resume finishes that epoch
+    from the next batch with the same order and dropout stream (dropout on, so RNG matters)."""
+    def cfg(name, **train):
+        c = merge(small_cfg(tmp_path / name, epochs=3, **train), {"model": {"dropout": 0.3}})
+        return c
+
+    full = Trainer(cfg("a"), data=cyclic_data)
+    full.fit()
+    spe = full.steps_per_epoch
+    assert spe >= 3
+    stopped = Trainer(cfg("b", max_steps=spe + spe // 2), data=cyclic_data)
+    stopped.fit()
+    assert stopped.state.epoch == 1 and stopped.state.batch == spe // 2
+    line = json.loads((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["epoch"] == 1 and line["partial_epoch"] == pytest.approx((spe // 2) / spe)
+    resumed = Trainer(cfg("b"), data=cyclic_data, resume=True)
+    assert (resumed.state.epoch, resumed.state.batch) == (1, spe // 2)
+    resumed.fit()
+    assert resumed.state.step == full.state.step == 3 * spe
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    la, lb = ([json.loads(x) for x in (tmp_path / n / "run" / "metrics.jsonl").read_text().splitlines()]
+              for n in ("a", "b"))
+    assert [x["epoch"] for x in lb] == [0, 1, 2]  # the partial line was replaced by the whole epoch's
+    assert lb[1]["resumed_at_batch"] == spe // 2
+    for x, y in zip(la, lb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-12)
+        assert x["valid/NDCG@10"] == y["valid/NDCG@10"]
+
+
 def test_corrupted_checkpoint_is_detected(cyclic_data, tmp_path):
     cfg = small_cfg(tmp_path, epochs=1)
     tr = Trainer(cfg, data=cyclic_data)

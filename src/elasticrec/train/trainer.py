@@ -9,12 +9,18 @@
 Model selection and early stopping use the validation item only; the test item is scored once,
 at the end, with the best weights. Each epoch's shuffling and dropout are seeded from
 (seed, epoch), so a run resumed from an epoch checkpoint replays exactly what an uninterrupted
-run would have done.
+run would have done. A run stopped inside an epoch (``time_budget_s``, ``max_steps``) checkpoints
+its place in that epoch (batch index, loss so far, RNG state); ``--resume`` finishes the same
+epoch from the next batch, so training is again identical to an uninterrupted run. The one
+difference: the stopped run validated its mid-epoch weights (a run must end with a best
+checkpoint), and that snapshot stays a candidate for best-validation selection; a mid-epoch
+validation never counts towards early-stopping patience.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -71,6 +77,8 @@ class TrainState:
     best: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
+    batch: int = 0  # batches of `epoch` already trained (non-zero only after a mid-epoch stop)
+    batch_loss_sum: float = 0.0  # their summed per-batch losses, so the epoch's mean loss is whole
 
 
 class Trainer:
@@ -110,6 +118,7 @@ class Trainer:
         self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = TrainState()
+        self._stop_rng = self._stop_cuda_rng = None  # RNG state at a mid-epoch stop
         self.amp = (t.amp == "bf16") or (t.amp == "auto" and self.device.type == "cuda")
         counts = torch.from_numpy(self.data.item_counts("train").astype(np.float64) + 1.0)
         self.log_q = (counts / counts.sum()).log().float().to(self.device)
@@ -130,7 +139,9 @@ class Trainer:
         return {
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "epoch": s.epoch, "step": s.step, "best": s.best, "best_epoch": s.best_epoch,
-            "bad_epochs": s.bad_epochs, "torch_rng": torch.get_rng_state(),
+            "bad_epochs": s.bad_epochs, "batch": s.batch, "batch_loss_sum": s.batch_loss_sum,
+            "torch_rng": self._stop_rng if s.batch else torch.get_rng_state(),
+            **({"cuda_rng": self._stop_cuda_rng} if s.batch and self._stop_cuda_rng is not None else {}),
         }
 
     def _resume(self) -> None:
@@ -139,7 +150,10 @@ class Trainer:
         _, st = load_checkpoint(self.ckpt_dir, self.model, map_location=self.device)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
-        self.state = TrainState(st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad_epochs"])
+        self.state = TrainState(st["epoch"], st["step"], st["best"], st["best_epoch"], st["bad_epochs"],
+                                st.get("batch", 0), st.get("batch_loss_sum", 0.0))
+        if self.state.batch:  # mid-epoch checkpoint: continue the dropout stream where it stopped
+            self._stop_rng, self._stop_cuda_rng = st["torch_rng"], st.get("cuda_rng")
         # drop metric lines of epochs that ran after the checkpoint (the interrupted one)
         mpath = self.run_dir / "metrics.jsonl"
         if mpath.exists() and self.dist.is_main:
@@ -161,22 +175,26 @@ class Trainer:
         stop_reason = "epochs"
         while s.epoch < t.epochs:
             ep_stats = self._train_epoch(s.epoch, t_start)
+            partial = "partial_epoch" in ep_stats  # stopped before the epoch's last batch
             rec = {"epoch": s.epoch, "step": s.step, **ep_stats}
             if (s.epoch + 1) % t.eval_every == 0 or ep_stats.get("stopped"):
                 val = self.evaluate("valid")
                 rec.update({f"valid/{k}": v for k, v in val.items()})
                 score = val[self.cfg.eval.select_metric]
                 if score > s.best:
-                    s.best, s.best_epoch, s.bad_epochs = score, s.epoch, 0
+                    s.best, s.best_epoch = score, s.epoch
+                    s.bad_epochs = s.bad_epochs if partial else 0
                     if self.main:
-                        save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, self.cfg.eval.select_metric: score})
-                else:
+                        save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, self.cfg.eval.select_metric: score,
+                                                              **({"partial_epoch": True} if partial else {})})
+                elif not partial:
                     s.bad_epochs += 1
             rec.update(self.model.extra_metrics(reset=True))
             self._log(rec)
-            s.epoch += 1
+            if not partial:
+                s.epoch += 1
             if self.main:
-                save_checkpoint(self.ckpt_dir, s.epoch - 1, self.model, self._state_dict())
+                save_checkpoint(self.ckpt_dir, s.epoch - (not partial), self.model, self._state_dict())
             dist.barrier(self.dist)
             if ep_stats.get("stopped"):
                 stop_reason = ep_stats["stopped"]
@@ -190,12 +208,20 @@ class Trainer:
         t, s = self.cfg.train, self.state
         self.model.train()
         rng = np.random.default_rng([t.seed, epoch])
-        torch.manual_seed(t.seed * 100003 + epoch)
-        tot, n, tokens, t0 = 0.0, 0, 0, time.time()
+        start = s.batch  # > 0: finishing an epoch that a budget / max_steps stop interrupted
+        if start:
+            torch.set_rng_state(self._stop_rng)
+            if self._stop_cuda_rng is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._stop_cuda_rng, self.device)
+        else:
+            torch.manual_seed(t.seed * 100003 + epoch)
+        tot, n, tokens, t0 = s.batch_loss_sum, start, 0, time.time()
         bar = _progress(self.steps_per_epoch, f"epoch {epoch}", t.progress and self.main)
+        bar.update(start)
         stopped = None
         world = self.dist.world
-        for users in self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world):
+        batches = self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world)
+        for users in itertools.islice(batches, start, None):
             inputs, targets = self.seqs.batch(users if len(users) else self.seqs.users[:1])
             if not len(users):  # short last global batch: this rank contributes nothing
                 targets[:] = 0
@@ -244,8 +270,16 @@ class Trainer:
                "lr": self.sched.get_last_lr()[0]}
         if self.device.type == "cuda":
             out["cuda_max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if start:
+            out["resumed_at_batch"] = start  # epoch_time_s / tokens_per_s cover this process's part
+        s.batch, s.batch_loss_sum = 0, 0.0
         if stopped:
             out["stopped"] = stopped
+            if n < self.steps_per_epoch:
+                out["partial_epoch"] = n / self.steps_per_epoch
+                s.batch, s.batch_loss_sum = n, tot
+                self._stop_rng = torch.get_rng_state()
+                self._stop_cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return out
 
     def evaluate(self, stage: str) -> dict:

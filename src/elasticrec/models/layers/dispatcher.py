@@ -307,7 +307,7 @@ class DispatcherAttention(nn.Module):
         states ``states`` ([B, H, n, k(, d_h)]), the dispatchers' keys|values ``kvp``
         [B, n, k, 2D] and the local keys|values ``kvl`` [B, n, C, 2D] (None without local)."""
         B, Lp, D = x.shape
-        C, H, dh, k = self.C, self.h, self.dh, self.k
+        C, dh, k = self.C, self.dh, self.k
         n = Lp // C
         vmask = valid.view(B, 1, n, 1, C)                    # [B, 1, n, 1, C] over source positions
         scale = 1.0 / math.sqrt(dh)
