@@ -24,9 +24,12 @@ def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
         return h.sum() * 0.0
     emb = model.item_embeddings()
     if cfg.loss == "ce":
-        logits = (h @ emb.t()).float() / cfg.temperature
-        logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, t, reduction=reduction)
+        # item 0 is padding, never a class: score items 1..n only (no -inf column to write and
+        # copy back in the backward pass, no division when the temperature is 1)
+        logits = (h @ emb[1:].t()).float()
+        if cfg.temperature != 1.0:
+            logits = logits / cfg.temperature
+        return F.cross_entropy(logits, t - 1, reduction=reduction)
     if cfg.loss == "bce":
         neg = torch.randint(1, emb.shape[0], t.shape, device=t.device)
         neg = torch.where(neg == t, neg % (emb.shape[0] - 1) + 1, neg)
