@@ -183,7 +183,8 @@ class Trainer:
                 score = val[self.cfg.eval.select_metric]
                 if score > s.best:
                     s.best, s.best_epoch = score, s.epoch
-                    s.bad_epochs = s.bad_epochs if partial else 0
+                    if not partial:
+                        s.bad_epochs = 0
                     if self.main:
                         save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, self.cfg.eval.select_metric: score,
                                                               **({"partial_epoch": True} if partial else {})})
@@ -191,10 +192,11 @@ class Trainer:
                     s.bad_epochs += 1
             rec.update(self.model.extra_metrics(reset=True))
             self._log(rec)
+            ran = s.epoch  # the epoch just trained, whole or (partial) up to s.batch
             if not partial:
                 s.epoch += 1
             if self.main:
-                save_checkpoint(self.ckpt_dir, s.epoch - (not partial), self.model, self._state_dict())
+                save_checkpoint(self.ckpt_dir, ran, self.model, self._state_dict())
             dist.barrier(self.dist)
             if ep_stats.get("stopped"):
                 stop_reason = ep_stats["stopped"]
