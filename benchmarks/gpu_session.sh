@@ -1,77 +1,118 @@
 #!/usr/bin/env bash
-# Everything that still needs a GPU, in one call sized for a ~10-minute device window:
+# Everything that still needs a GPU, in one call sized for a single ~10-minute device window.
+# Phases (each logged with its start time in $WORK/status.txt):
 #   1. CUDA correctness (benchmarks/gpu_checks.py);
-#   2. DDP on nccl: `torchrun --nproc_per_node 1` (joins an nccl process group, wraps the model in
-#      DDP and runs every collective) against a plain single-process run, same seed, same
-#      validation metrics expected;
-#   3. the efficiency benchmark on CUDA in bf16, L = 256 ... 32768 (background);
-#   4. accuracy on the L=50 datasets: SASRec and four ELASTIC settings (preset, IMR off, k=8,
-#      memory read by every position instead of the dispatchers),
-#      every run with the same wall-clock budget, all concurrently on the one GPU.
-# Outputs go under OUT (default runs/gpu-session): logs, run dirs, efficiency/, summary.{json,md}.
+#   2. the efficiency benchmark on CUDA in bf16, L = 256 ... 32768, ALONE on the GPU (quiet timings);
+#   3. together, on the one GPU:
+#      a. the accuracy benchmark: every model of ACC_MODELS on every dataset of ACC_DATASETS, one
+#         seed, all runs concurrently with the same wall-clock budget (computed so that everything
+#         ends before DEADLINE_S), one CPU thread each;
+#      b. DDP on nccl: `torchrun --nproc_per_node 1` (joins an nccl process group, wraps the model
+#         in DDP, runs every collective) against a plain single-process run; same seed, data and
+#         global batch, so the same validation metrics are expected;
+#   4. collect: summary.{json,md} of every run, then one tarball (no checkpoints) in $OUT.
+# The work folder WORK keeps everything (checkpoints too, so a second call on the same warm
+# machine can `--resume`); OUT receives only status.txt and tarballs, since the device tool
+# brings back at most 8 files: eff.tgz right after phase 2, session.tgz at the end.
 #
-#   ELASTICREC_DATA=/path/to/data OUT=runs/gpu-session BUDGET=300 bash benchmarks/gpu_session.sh
+#   ELASTICREC_DATA=/path/to/data OUT=out WORK=runs/gpu-session DEADLINE_S=540 bash benchmarks/gpu_session.sh
 #
-# With the device tool (its machine has no ../shared): copy the data into the ignored .devdata/,
-# carry it and install the package there first, e.g. run(command="pip install -e . &&
-# ELASTICREC_DATA=.devdata OUT=$OUT/s bash benchmarks/gpu_session.sh", carry=[".devdata"]).
-#
-# 25 trainings share the GPU and the machine's CPU cores (one thread each); on the 2026-11-26
-# H100 (16 cores) 16 such runs each got ~20 Beauty epochs in 380 s, i.e. they are CPU-bound.
+# With the device tool (its machine has no ../shared): copy the data into the ignored .devdata/
+# and carry it; the package runs from src/ (no install needed), e.g.
+#   run(command="ELASTICREC_DATA=.devdata bash benchmarks/gpu_session.sh", carry=[".devdata"])
+# DEVICE=cpu with tiny settings rehearses the whole script on a CPU (gloo instead of nccl).
 set -u
-OUT=${OUT:-runs/gpu-session}
-BUDGET=${BUDGET:-300}
-DATASETS=${DATASETS:-beauty sports yelp lastfm beauty-bert4rec}
-BASELINES=${BASELINES:-}   # e.g. "hstu linrec": more models per dataset (their presets), same budget
-mkdir -p "$OUT/logs"
-export OMP_NUM_THREADS=1
-py=${PYTHON:-python}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-$py -c "import torch, sys; print(torch.__version__, torch.version.cuda, sys.version.split()[0])" >> "$OUT/gpu.txt"
+T0=$(date +%s)
+OUT=${OUT:-runs/gpu-session-out}
+WORK=${WORK:-runs/gpu-session}
+DEVICE=${DEVICE:-cuda}
+DEADLINE_S=${DEADLINE_S:-540}            # whole script, packing included
+EFF_S=${EFF_S:-150}                      # hard cap on phase 2
+EFF_LENGTHS=${EFF_LENGTHS:-256,512,1024,2048,4096,8192,16384,32768}
+EFF_ARGS=${EFF_ARGS:---time-limit-s 20}  # extra options of `bench efficiency`
+ACC_DATASETS=${ACC_DATASETS:-ml-1m,ml-1m-1000,beauty,sports,yelp,lastfm,beauty-bert4rec,synthetic-4096}
+ACC_MODELS=${ACC_MODELS:-sasrec,hstu,linrec,elastic}
+ACC_SEEDS=${ACC_SEEDS:-42}
+ACC_JOBS=${ACC_JOBS:-}                   # default: every run at once, so all get the same conditions
+ACC_TAIL_S=${ACC_TAIL_S:-100}            # left after the training budget: start-up, test scoring, packing
+DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
+mkdir -p "$OUT" "$WORK/logs"
+WORK=$(cd "$WORK" && pwd)
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export ELASTICREC_CACHE=${ELASTICREC_CACHE:-$WORK/cache}
+py=${PYTHON:-python3}
+now() { echo $(( $(date +%s) - T0 )); }
+say() { echo "[$(now) s] $*" | tee -a "$WORK/status.txt"; cp "$WORK/status.txt" "$OUT/status.txt"; }
+pack() {  # pack NAME PATH...: a tarball of the given paths under WORK, without checkpoints
+  local name=$1; shift
+  tar -C "$WORK" --exclude=checkpoints --exclude=cache --exclude='*.safetensors' -czf "$OUT/$name.tgz" "$@" 2>>"$WORK/logs/pack.log"
+  say "packed $name.tgz ($(du -k "$OUT/$name.tgz" | cut -f1) KiB)"
+}
+
+say "start: device $DEVICE, deadline ${DEADLINE_S} s"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  $py -c "import torch, sys, os; print(torch.__version__, torch.version.cuda, sys.version.split()[0], os.cpu_count(), 'cpus')"
+} > "$WORK/machine.txt"
+cat "$WORK/machine.txt" >> "$WORK/status.txt"
 
 # 1. correctness on CUDA
-$py benchmarks/gpu_checks.py > "$OUT/logs/gpu_checks.log" 2>&1; echo "gpu_checks rc=$?" >> "$OUT/status.txt"
+if [ "$DEVICE" = cuda ]; then
+  timeout 90 $py benchmarks/gpu_checks.py > "$WORK/logs/gpu_checks.log" 2>&1
+  say "gpu_checks rc=$? ($(tail -1 "$WORK/logs/gpu_checks.log"))"
+fi
 
-# 2. nccl DDP (1 process) versus the single-process run: same data, seed and global batch
-ddp_args=(--dataset synthetic --model elastic --epochs 2 --device cuda --no-progress
-          --set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128)
-$py -m elasticrec train "${ddp_args[@]}" --run-dir "$OUT/ddp-single" > "$OUT/logs/ddp-single.log" 2>&1
-echo "ddp single rc=$?" >> "$OUT/status.txt"
-torchrun --standalone --nproc_per_node 1 -m elasticrec train "${ddp_args[@]}" --run-dir "$OUT/ddp-nccl" \
-  > "$OUT/logs/ddp-nccl.log" 2>&1
-echo "ddp nccl rc=$?" >> "$OUT/status.txt"
-$py - "$OUT" >> "$OUT/status.txt" 2>&1 <<'PY'
+# 2. efficiency, alone on the device
+say "efficiency: start"
+timeout -s INT "$EFF_S" $py -m elasticrec bench efficiency --device "$DEVICE" --lengths "$EFF_LENGTHS" \
+  $EFF_ARGS --out "$WORK/efficiency" --md "$WORK/efficiency.md" > "$WORK/logs/efficiency.log" 2>&1
+say "efficiency rc=$?"
+pack eff efficiency efficiency.md logs/efficiency.log logs/gpu_checks.log status.txt machine.txt
+
+# 3a. accuracy: one wave, equal budget for all
+n_of() { echo "$1" | tr ',' '\n' | grep -c .; }
+ACC_JOBS=${ACC_JOBS:-$(( $(n_of "$ACC_DATASETS") * $(n_of "$ACC_MODELS") * $(n_of "$ACC_SEEDS") ))}
+budget=$(( DEADLINE_S - $(now) - ACC_TAIL_S ))
+[ "$budget" -lt 30 ] && budget=30
+say "accuracy: start, ${ACC_JOBS} runs at a time, budget ${budget} s per run"
+$py -m elasticrec bench accuracy --datasets "$ACC_DATASETS" --models "$ACC_MODELS" --seeds "$ACC_SEEDS" \
+  --time-budget-s "$budget" --jobs "$ACC_JOBS" --threads 1 --device "$DEVICE" \
+  --runs-dir "$WORK/acc" --out "$WORK/accuracy" \
+  --note "All runs at once on one GPU ($(head -2 "$WORK/machine.txt" | tail -1)), one CPU thread each, ${budget} s budget." \
+  > "$WORK/logs/accuracy.log" 2>&1 &
+acc=$!
+
+# 3b. nccl DDP (1 process) versus the single-process run
+ddp() {
+  local args=(--dataset synthetic --model elastic --epochs 2 --device "$DEVICE" --no-progress $DDP_ARGS)
+  $py -m elasticrec train "${args[@]}" --run-dir "$WORK/ddp-single" > "$WORK/logs/ddp-single.log" 2>&1
+  say "ddp single rc=$?"
+  $py -m torch.distributed.run --standalone --nproc_per_node 1 -m elasticrec train "${args[@]}" \
+    --run-dir "$WORK/ddp-torchrun" > "$WORK/logs/ddp-torchrun.log" 2>&1
+  say "ddp torchrun rc=$?"
+  $py - "$WORK" >> "$WORK/status.txt" 2>&1 <<'PY'
 import json, sys
 def valid(run):
     rows = [json.loads(l) for l in open(f"{sys.argv[1]}/{run}/metrics.jsonl")]
-    return [r["valid/NDCG@10"] for r in rows if "valid/NDCG@10" in r]
-a, b = valid("ddp-single"), valid("ddp-nccl")
+    return [round(r["valid/NDCG@10"], 5) for r in rows if "valid/NDCG@10" in r]
+a, b = valid("ddp-single"), valid("ddp-torchrun")
 ok = len(a) == len(b) and all(abs(x - y) <= 0.02 * max(abs(x), 1e-6) for x, y in zip(a, b))
-print(f"ddp valid NDCG@10 single {a} nccl {b}: {'match' if ok else 'MISMATCH'}")
+print(f"ddp valid NDCG@10 single {a} torchrun {b}: {'match' if ok else 'MISMATCH'}")
 PY
-
-# 3. efficiency on CUDA, bf16 autocast (runs beside the trainings; its timings are therefore
-#    upper bounds: rerun alone with the same command for a quiet table)
-$py -m elasticrec bench efficiency --device cuda --amp bf16 \
-  --lengths 256,512,1024,2048,4096,8192,16384,32768 --out "$OUT/efficiency" \
-  > "$OUT/logs/efficiency.log" 2>&1 &
-eff=$!
-
-# 4. accuracy: same budget for every run, test item scored once from the best-validation epoch
-run() {
-  local name=$1; shift
-  $py -m elasticrec train "$@" --run-dir "$OUT/$name" --no-progress --device cuda \
-    --set train.time_budget_s="$BUDGET" --set train.num_threads=1 --set train.patience=20 \
-    > "$OUT/logs/$name.log" 2>&1 &
+  grep -h "process group" "$WORK/logs/ddp-torchrun.log" | head -3 >> "$WORK/status.txt"
 }
-for ds in $DATASETS; do
-  run "$ds-sasrec"            --dataset "$ds" --model sasrec
-  run "$ds-elastic"           --dataset "$ds" --model elastic
-  run "$ds-elastic-imr-off"   --dataset "$ds" --model elastic --set model.elastic.memory=false
-  run "$ds-elastic-k8"        --dataset "$ds" --model elastic --set model.elastic.n_dispatchers=8
-  run "$ds-elastic-imr-tokens" --dataset "$ds" --model elastic --set model.elastic.memory_site=tokens
-  for m in $BASELINES; do run "$ds-$m" --dataset "$ds" --model "$m"; done
-done
-wait
-echo "efficiency done" >> "$OUT/status.txt"
-$py benchmarks/collect_runs.py "$OUT" --json "$OUT/summary.json" --md "$OUT/summary.md"
+ddp
+
+# 4. wait for the accuracy runs, but never past the deadline (unfinished runs keep checkpoints)
+while kill -0 "$acc" 2>/dev/null && [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do sleep 2; done
+if kill -0 "$acc" 2>/dev/null; then
+  say "accuracy: deadline reached, stopping the unfinished runs"
+  kill -TERM "$acc"; wait "$acc"
+fi
+wait "$acc" 2>/dev/null
+say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
+$py benchmarks/collect_runs.py "$WORK/acc" --json "$WORK/summary.json" --md "$WORK/summary.md" \
+  > "$WORK/logs/collect.log" 2>&1
+say "end"
+pack session status.txt machine.txt logs efficiency efficiency.md accuracy acc ddp-single ddp-torchrun \
+  summary.json summary.md

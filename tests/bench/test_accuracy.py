@@ -30,6 +30,35 @@ def test_two_seeds_end_to_end_then_second_invocation_skips(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "accuracy.json").read_text())["groups"][0]["n"] == 2
 
 
+def test_collect_only_tabulates_finished_runs_and_trains_nothing(tmp_path, capsys):
+    base = ["bench", "accuracy", "--smoke", "--models", "sasrec", "--runs-dir", str(tmp_path / "runs")]
+    assert main([*base, "--seeds", "1", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main([*base, "--seeds", "1,2", "--collect-only", "--out", str(tmp_path / "b")]) == 0
+    assert "[start]" not in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "synthetic-sasrec-s2").exists()
+    res = json.loads((tmp_path / "b" / "accuracy.json").read_text())
+    assert [r["seed"] for r in res["runs"]] == [1] and res["groups"][0]["n"] == 1
+    assert "synthetic-sasrec-s2: not run (--collect-only)" in res["notes"]
+    assert "--collect-only" in res["meta"]["command"]
+
+
+def test_interrupted_benchmark_still_writes_the_finished_runs(tmp_path, monkeypatch):
+    real = acc.run_jobs
+
+    def interrupted(jobs, n_jobs, threads, *a, **k):  # the first run finishes, then SIGTERM arrives
+        real(jobs[:1], n_jobs, threads, *a, log=lambda *x, **y: None)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(acc, "run_jobs", interrupted)
+    argv = ["bench", "accuracy", "--smoke", "--models", "sasrec", "--seeds", "1,2",
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 130
+    res = json.loads((tmp_path / "out" / "accuracy.json").read_text())
+    assert [r["seed"] for r in res["runs"]] == [1]
+    assert "synthetic-sasrec-s2: interrupted before its test score" in res["notes"]
+
+
 def test_unfinished_runs_wait_for_resume_and_missing_presets_are_noted(tmp_path):
     jobs, notes = acc.plan(["synthetic"], ["sasrec", "sasrec-explicit"], [7], tmp_path)
     assert [j.name for j in jobs] == ["synthetic-sasrec-s7"]
@@ -41,6 +70,13 @@ def test_unfinished_runs_wait_for_resume_and_missing_presets_are_noted(tmp_path)
     assert outcome == {"synthetic-sasrec-s7": "unfinished (pass --resume to continue it)"}
     cmd = acc.train_command(jobs[0], 1, 60, None, None, resume=True)
     assert cmd[-1] == "--resume" and str(jobs[0].run_dir) in cmd
+
+
+def test_ml1m_at_l1000_uses_the_ml1m_presets():
+    (job,), _ = acc.plan(["ml-1m-1000"], ["hstu"], [42], acc.Path("runs"))
+    cmd = " ".join(acc.train_command(job, 1, 300, None, "cuda", resume=False))
+    assert "configs/ml-1m/hstu.yaml" in cmd and "--dataset ml-1m " in cmd and "model.max_len=1000" in cmd
+    assert job.name == "ml-1m-1000-hstu-s42"
 
 
 def test_long_synthetic_dataset_and_commands():

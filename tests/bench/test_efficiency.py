@@ -25,6 +25,23 @@ def test_sweep_records_timeout_and_skips_larger_lengths():
     assert rows[1]["note"] == "timeout at L=32"
 
 
+def test_interrupt_keeps_the_measured_points_and_skips_the_rest(monkeypatch):
+    real = eff.measure_point
+
+    def measure(spec):
+        if spec.model == "sasrec" and spec.L == 64:
+            raise KeyboardInterrupt  # what `timeout -s INT` delivers mid-sweep
+        return real(spec)
+
+    monkeypatch.setattr(eff, "measure_point", measure)
+    rows = eff.run_sweep(["elastic", "sasrec", "linrec"], [32, 64], batch_tokens=64, isolate=False,
+                         log=lambda *a, **k: None, **TINY)
+    assert [(r["model"], r["L"], r["status"]) for r in rows] == [
+        ("elastic", 32, "ok"), ("elastic", 64, "ok"), ("sasrec", 32, "ok"),
+        ("sasrec", 64, "skipped"), ("linrec", 32, "skipped"), ("linrec", 64, "skipped")]
+    assert all("interrupted" in r["note"] for r in rows[3:])
+
+
 def test_oom_is_a_row_not_a_traceback(monkeypatch):
     import elasticrec.models
 

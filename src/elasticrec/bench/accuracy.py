@@ -60,6 +60,9 @@ DATASETS: dict[str, BenchDataset] = {
     "yelp": BenchDataset("yelp", (), "Yelp, S3-Rec file, L=50"),
     "lastfm": BenchDataset("lastfm", (), "LastFM, S3-Rec file, L=50"),
     "beauty-bert4rec": BenchDataset("beauty-bert4rec", (), "Amazon Beauty, BERT4Rec pair file, L=50"),
+    "ml-1m-1000": BenchDataset("ml-1m", ("model.max_len=1000",),
+                               "MovieLens-1M at L=1000: the longest real histories here (41 users with >= 1,000 "
+                               "events); the ML-1M presets otherwise"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
@@ -294,6 +297,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for accuracy.json / accuracy.md (default docs/results/accuracy)")
     p.add_argument("--note", action="append", default=[], help="extra note for the markdown table (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the training commands and exit")
+    p.add_argument("--collect-only", action="store_true",
+                   help="train nothing: only tabulate the runs of --runs-dir that finished")
     p.add_argument("--smoke", action="store_true",
                    help="tiny CI run: synthetic data, 1 epoch, d=16, L=64; default models sasrec,elastic, seed 42")
 
@@ -343,13 +348,20 @@ def run(args) -> int:
             print(shlex.join(train_command(j, threads, args.time_budget_s, args.epochs, args.device,
                                            args.resume and job_state(j) == "unfinished")))
         return 0
-    try:
-        outcome = run_jobs(jobs, args.jobs, threads, args.time_budget_s, args.epochs, args.device, args.resume)
-    except KeyboardInterrupt:
-        print("interrupted: running trainings stopped; run the same command with --resume to continue",
-              file=sys.stderr)
-        return 130
-    notes += [f"{name}: {o}" for name, o in outcome.items() if o.startswith(("failed", "unfinished"))]
+    interrupted = False
+    if args.collect_only:
+        outcome = {j.name: "finished" if job_state(j) == "finished" else "not run (--collect-only)" for j in jobs}
+    else:
+        try:
+            outcome = run_jobs(jobs, args.jobs, threads, args.time_budget_s, args.epochs, args.device, args.resume)
+        except KeyboardInterrupt:
+            print("interrupted: running trainings stopped; run the same command with --resume to continue; "
+                  "the tables below hold the runs that finished", file=sys.stderr)
+            interrupted = True
+            outcome = {j.name: "finished" if job_state(j) == "finished" else "interrupted before its test score"
+                       for j in jobs}
+    notes += [f"{name}: {o}" for name, o in outcome.items() if o.startswith(("failed", "unfinished", "not run",
+                                                                              "interrupted"))]
     groups, runs = aggregate(jobs)
     env = [f"ELASTICREC_DATA={os.environ['ELASTICREC_DATA']}"] if os.environ.get("ELASTICREC_DATA") else []
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"),
@@ -366,7 +378,7 @@ def run(args) -> int:
     print(md)
     print(f"wrote {out / 'accuracy.json'} and {out / 'accuracy.md'}")
     failed = [n for n, o in outcome.items() if o.startswith("failed")]
-    return 1 if failed else 0
+    return 130 if interrupted else 1 if failed else 0
 
 
 def _argv(args) -> list[str]:
@@ -377,7 +389,7 @@ def _argv(args) -> list[str]:
             parts += ["--" + flag.replace("_", "-"), f"{v:g}" if isinstance(v, float) else str(v)]
     for o in args.overrides:
         parts += ["--set", o]
-    return parts + (["--resume"] if args.resume else [])
+    return parts + (["--resume"] if args.resume else []) + (["--collect-only"] if args.collect_only else [])
 
 
 def _cpu_name() -> str:

@@ -277,19 +277,26 @@ def resolve_models(names: list[str] | None, explicit: bool) -> tuple[list[str], 
 
 def run_sweep(models: list[str], lengths: list[int], batch_tokens: int, isolate: bool = True,
               log=print, **spec_kwargs) -> list[dict]:
-    """Measure every (model, L); a model stops at its first OOM / timeout / error."""
+    """Measure every (model, L); a model stops at its first OOM / timeout / error. Ctrl-C (SIGINT)
+    stops the sweep: the points not measured are reported ``skipped`` and the rows are returned."""
     rows = []
+    interrupted = None
     for m in models:
-        stopped = None
+        stopped = interrupted
         for L in lengths:
             spec = PointSpec(model=m, L=L, batch=max(1, batch_tokens // L), **spec_kwargs)
-            if stopped:
+            row = None
+            if not stopped:
+                try:
+                    row = run_point_subprocess(spec) if isolate else measure_point(spec)
+                except KeyboardInterrupt:
+                    stopped = interrupted = "interrupted (SIGINT) before this point finished"
+                else:
+                    if row["status"] in FAILED:
+                        stopped = f"{row['status']} at L={L}"
+            if row is None:
                 row = {k: None for k in ROW_KEYS}
                 row.update(model=m, L=L, batch=spec.batch, tokens=spec.batch * L, status="skipped", note=stopped)
-            else:
-                row = run_point_subprocess(spec) if isolate else measure_point(spec)
-                if row["status"] in FAILED:
-                    stopped = f"{row['status']} at L={L}"
             rows.append(row)
             log(_fmt_row(row), flush=True)
     return rows

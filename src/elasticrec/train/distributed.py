@@ -51,6 +51,8 @@ def setup(device_pref: str = "auto") -> DistInfo:
         if use_cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if use_cuda else "gloo")
+    if rank == 0:
+        print(f"distributed: {dist.get_backend()} process group, {world} process(es)", flush=True)
     return DistInfo(rank, world, local, group=True)
 
 
