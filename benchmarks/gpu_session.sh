@@ -35,6 +35,7 @@ ACC_MODELS=${ACC_MODELS:-sasrec,hstu,linrec,elastic}
 ACC_SEEDS=${ACC_SEEDS:-42}
 ACC_JOBS=${ACC_JOBS:-}                   # default: every run at once, so all get the same conditions
 ACC_TAIL_S=${ACC_TAIL_S:-100}            # left after the training budget: start-up, test scoring, packing
+DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
 mkdir -p "$OUT" "$WORK/logs"
 WORK=$(cd "$WORK" && pwd)
@@ -58,13 +59,13 @@ cat "$WORK/machine.txt" >> "$WORK/status.txt"
 
 # 1. correctness on CUDA
 if [ "$DEVICE" = cuda ]; then
-  timeout 90 $py benchmarks/gpu_checks.py > "$WORK/logs/gpu_checks.log" 2>&1
+  timeout -k 10 90 $py benchmarks/gpu_checks.py > "$WORK/logs/gpu_checks.log" 2>&1
   say "gpu_checks rc=$? ($(tail -1 "$WORK/logs/gpu_checks.log"))"
 fi
 
 # 2. efficiency, alone on the device
 say "efficiency: start"
-timeout -s INT "$EFF_S" $py -m elasticrec bench efficiency --device "$DEVICE" --lengths "$EFF_LENGTHS" \
+timeout -s INT -k 20 "$EFF_S" $py -m elasticrec bench efficiency --device "$DEVICE" --lengths "$EFF_LENGTHS" \
   $EFF_ARGS --out "$WORK/efficiency" --md "$WORK/efficiency.md" > "$WORK/logs/efficiency.log" 2>&1
 say "efficiency rc=$?"
 pack eff efficiency efficiency.md logs/efficiency.log logs/gpu_checks.log status.txt machine.txt
@@ -85,9 +86,9 @@ acc=$!
 # 3b. nccl DDP (1 process) versus the single-process run
 ddp() {
   local args=(--dataset synthetic --model elastic --epochs 2 --device "$DEVICE" --no-progress $DDP_ARGS)
-  $py -m elasticrec train "${args[@]}" --run-dir "$WORK/ddp-single" > "$WORK/logs/ddp-single.log" 2>&1
+  timeout -k 10 "$DDP_S" $py -m elasticrec train "${args[@]}" --run-dir "$WORK/ddp-single" > "$WORK/logs/ddp-single.log" 2>&1
   say "ddp single rc=$?"
-  $py -m torch.distributed.run --standalone --nproc_per_node 1 -m elasticrec train "${args[@]}" \
+  timeout -k 10 "$DDP_S" $py -m torch.distributed.run --standalone --nproc_per_node 1 -m elasticrec train "${args[@]}" \
     --run-dir "$WORK/ddp-torchrun" > "$WORK/logs/ddp-torchrun.log" 2>&1
   say "ddp torchrun rc=$?"
   $py - "$WORK" >> "$WORK/status.txt" 2>&1 <<'PY'
