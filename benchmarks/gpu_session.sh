@@ -35,6 +35,7 @@ ACC_MODELS=${ACC_MODELS:-sasrec,hstu,linrec,elastic}
 ACC_SEEDS=${ACC_SEEDS:-42}
 ACC_JOBS=${ACC_JOBS:-}                   # default: every run at once, so all get the same conditions
 ACC_TAIL_S=${ACC_TAIL_S:-100}            # left after the training budget: start-up, test scoring, packing
+PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
 mkdir -p "$OUT" "$WORK/logs"
@@ -58,30 +59,36 @@ say "start: device $DEVICE, deadline ${DEADLINE_S} s"
 cat "$WORK/machine.txt" >> "$WORK/status.txt"
 
 # 1. correctness on CUDA
-if [ "$DEVICE" = cuda ]; then
+has() { case " $PHASES " in *" $1 "*) return 0;; esac; return 1; }
+if [ "$DEVICE" = cuda ] && has checks; then
   timeout -k 10 90 $py benchmarks/gpu_checks.py > "$WORK/logs/gpu_checks.log" 2>&1
   say "gpu_checks rc=$? ($(tail -1 "$WORK/logs/gpu_checks.log"))"
 fi
 
 # 2. efficiency, alone on the device
-say "efficiency: start"
-timeout -s INT -k 20 "$EFF_S" $py -m elasticrec bench efficiency --device "$DEVICE" --lengths "$EFF_LENGTHS" \
-  $EFF_ARGS --out "$WORK/efficiency" --md "$WORK/efficiency.md" > "$WORK/logs/efficiency.log" 2>&1
-say "efficiency rc=$?"
-pack eff efficiency efficiency.md logs/efficiency.log logs/gpu_checks.log status.txt machine.txt
+if has efficiency; then
+  say "efficiency: start"
+  timeout -s INT -k 20 "$EFF_S" $py -m elasticrec bench efficiency --device "$DEVICE" --lengths "$EFF_LENGTHS" \
+    $EFF_ARGS --out "$WORK/efficiency" --md "$WORK/efficiency.md" > "$WORK/logs/efficiency.log" 2>&1
+  say "efficiency rc=$?"
+  pack eff efficiency efficiency.md logs/efficiency.log logs/gpu_checks.log status.txt machine.txt
+fi
 
 # 3a. accuracy: one wave, equal budget for all
 n_of() { echo "$1" | tr ',' '\n' | grep -c .; }
 ACC_JOBS=${ACC_JOBS:-$(( $(n_of "$ACC_DATASETS") * $(n_of "$ACC_MODELS") * $(n_of "$ACC_SEEDS") ))}
 budget=$(( DEADLINE_S - $(now) - ACC_TAIL_S ))
 [ "$budget" -lt 30 ] && budget=30
-say "accuracy: start, ${ACC_JOBS} runs at a time, budget ${budget} s per run"
-$py -m elasticrec bench accuracy --datasets "$ACC_DATASETS" --models "$ACC_MODELS" --seeds "$ACC_SEEDS" \
-  --time-budget-s "$budget" --jobs "$ACC_JOBS" --threads 1 --device "$DEVICE" \
-  --runs-dir "$WORK/acc" --out "$WORK/accuracy" \
-  --note "All runs at once on one GPU ($(head -2 "$WORK/machine.txt" | tail -1)), one CPU thread each, ${budget} s budget." \
-  > "$WORK/logs/accuracy.log" 2>&1 &
-acc=$!
+acc=
+if has accuracy; then
+  say "accuracy: start, ${ACC_JOBS} runs at a time, budget ${budget} s per run"
+  $py -m elasticrec bench accuracy --datasets "$ACC_DATASETS" --models "$ACC_MODELS" --seeds "$ACC_SEEDS" \
+    --time-budget-s "$budget" --jobs "$ACC_JOBS" --threads 1 --device "$DEVICE" \
+    --runs-dir "$WORK/acc" --out "$WORK/accuracy" \
+    --note "All runs at once on one GPU ($(head -2 "$WORK/machine.txt" | tail -1)), one CPU thread each, ${budget} s budget." \
+    > "$WORK/logs/accuracy.log" 2>&1 &
+  acc=$!
+fi
 
 # 3b. nccl DDP (1 process) versus the single-process run
 ddp() {
@@ -102,16 +109,16 @@ print(f"ddp valid NDCG@10 single {a} torchrun {b}: {'match' if ok else 'MISMATCH
 PY
   grep -h "process group" "$WORK/logs/ddp-torchrun.log" | head -3 >> "$WORK/status.txt"
 }
-ddp
+has ddp && ddp
 
 # 4. wait for the accuracy runs, but never past the deadline (unfinished runs keep checkpoints)
-while kill -0 "$acc" 2>/dev/null && [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do sleep 2; done
-if kill -0 "$acc" 2>/dev/null; then
+while [ -n "$acc" ] && kill -0 "$acc" 2>/dev/null && [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do sleep 2; done
+if [ -n "$acc" ] && kill -0 "$acc" 2>/dev/null; then
   say "accuracy: deadline reached, stopping the unfinished runs"
   kill -TERM "$acc"; wait "$acc"
 fi
-wait "$acc" 2>/dev/null
-say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
+[ -n "$acc" ] && wait "$acc" 2>/dev/null
+has accuracy && say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
 $py benchmarks/collect_runs.py "$WORK/acc" --json "$WORK/summary.json" --md "$WORK/summary.md" \
   > "$WORK/logs/collect.log" 2>&1
 say "end"

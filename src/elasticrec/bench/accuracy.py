@@ -67,7 +67,8 @@ DATASETS: dict[str, BenchDataset] = {
     "synthetic-4096": BenchDataset(
         "synthetic",
         ("model.max_len=4096", "data.synthetic.n_users=1000", "data.synthetic.min_len=4096",
-         "data.synthetic.max_len=4608", "train.batch_size=16", "model.elastic.chunk_size=64"),
+         "data.synthetic.max_len=4608", "train.batch_size=16", "eval.batch_size=16",
+         "model.elastic.chunk_size=64"),
         "synthetic long-interest data at L=4096 (1,000 users with 4,096-4,608 events; batch 16; ELASTIC C=64)"),
 }
 
