@@ -9,7 +9,7 @@ from elasticrec.data.sequences import SequenceData
 from elasticrec.models import build_model, list_models
 from elasticrec.models.layers.hstu_attention import (
     HSTUAttention, hstu_attention, position_bucket, reference_hstu_attention,
-    relative_position_buckets, relative_time_buckets, time_bucket)
+    relative_position_buckets, relative_time_buckets, time_bucket, toeplitz_lower)
 from model_checks import assert_no_gradient_from_future
 
 
@@ -129,6 +129,29 @@ def test_time_bias_used_and_optional():
     torch.testing.assert_close(m2.encode(items, ts), m2.encode(items))
     with pytest.raises(ValueError, match="timestamps shape"):
         m.encode(items, ts[:, :5])
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 40])
+def test_bias_equals_plain_table_lookup(L):
+    """The Toeplitz / F.embedding bias (fast CUDA backward) equals indexing the tables with the
+    bucket matrices, forward on and below the diagonal and in both tables' gradients."""
+    torch.manual_seed(L)
+    attn = HSTUAttention(8, n_heads=2, max_len=40, num_buckets=16, time_buckets=12)
+    with torch.no_grad():
+        attn.pos_bias.normal_()
+        attn.time_bias.normal_()
+    pos_idx = relative_position_buckets(L, 16, 40)
+    time_idx = relative_time_buckets(_times(3, L, seed=L), 12, 0.301)
+    lower = torch.ones(L, L, dtype=torch.bool).tril()
+    g = torch.randn(3, 2, L, L) * lower
+    fast = attn.bias(pos_idx, time_idx)
+    plain = attn.pos_bias[:, pos_idx][None] + attn.time_bias[:, time_idx].transpose(0, 1)
+    torch.testing.assert_close(fast * lower, plain * lower)
+    grads = [torch.autograd.grad((out * g).sum(), [attn.pos_bias, attn.time_bias]) for out in (fast, plain)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    x = torch.arange(1.0, L + 1)
+    assert toeplitz_lower(x)[L - 1].tolist() == x.flip(0).tolist() and toeplitz_lower(x)[0, 1:].abs().sum() == 0
 
 
 def test_unused_time_table_still_in_graph_without_timestamps():

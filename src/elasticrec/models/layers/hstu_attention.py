@@ -67,10 +67,10 @@ def toeplitz_lower(per_distance: torch.Tensor) -> torch.Tensor:
     """[..., L] values per distance d = t - s  ->  [..., L, L] with entry (t, s) = value[t - s] for
     s <= t and 0 above the diagonal.
 
-    Built from overlapping windows (``unfold``) of one padded vector: its backward sums each
-    diagonal with a dedicated kernel. Indexing a table with an [L, L] bucket matrix instead sends
-    L^2 accumulating writes into a few hundred entries, which made HSTU's training step on CUDA
-    20-1000x slower than the rest of the model at L = 256-8192."""
+    Built from overlapping windows (``unfold``) of one padded vector, whose backward sums each
+    diagonal with a dedicated kernel. Indexing the bucket table with an [L, L] bucket matrix
+    instead makes a backward of L^2 accumulating writes into a few hundred entries, which CUDA's
+    indexing backward serialises per entry (see ``HSTUAttention.bias``)."""
     L = per_distance.shape[-1]
     padded = torch.cat([per_distance.flip(-1), per_distance.new_zeros(*per_distance.shape[:-1], L - 1)], -1)
     return padded.unfold(-1, L, 1).flip(-2)  # window i = padded[i : i + L] is row L - 1 - i
@@ -150,8 +150,10 @@ class HSTUAttention(nn.Module):
         the diagonal (masked by the attention) are 0."""
         rab = toeplitz_lower(self.pos_bias[:, pos_idx[:, 0]])[None]  # the bucket depends on t - s only
         if self.time_bias is not None:
-            if time_idx is not None:
-                rab = rab + self.time_bias[:, time_idx].transpose(0, 1)
+            if time_idx is not None:  # F.embedding: its CUDA backward reduces repeated indices in
+                # parallel segments; `table[:, idx]` serialises the B * L^2 writes per bucket, which
+                # made HSTU's CUDA training step 25-1500x slower than SASRec's (H200, 2026-11-28)
+                rab = rab + F.embedding(time_idx, self.time_bias.t()).permute(0, 3, 1, 2)
             elif self.training:  # no timestamps: keep the table in the graph (zero gradient) so
                 rab = rab + 0.0 * self.time_bias.sum()  # DistributedDataParallel sees it used
         return rab
