@@ -9,7 +9,7 @@ from elasticrec.data.sequences import SequenceData
 from elasticrec.models import build_model, list_models
 from elasticrec.models.layers.hstu_attention import (
     HSTUAttention, hstu_attention, position_bucket, reference_hstu_attention,
-    relative_position_buckets, relative_time_buckets, time_bucket, toeplitz_lower)
+    relative_position_buckets, relative_time_buckets, time_bucket, toeplitz_lower, bucket_lookup)
 from model_checks import assert_no_gradient_from_future
 
 
@@ -152,6 +152,14 @@ def test_bias_equals_plain_table_lookup(L):
         torch.testing.assert_close(a, b)
     x = torch.arange(1.0, L + 1)
     assert toeplitz_lower(x)[L - 1].tolist() == x.flip(0).tolist() and toeplitz_lower(x)[0, 1:].abs().sum() == 0
+
+
+def test_bucket_lookup_gradient():
+    table = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 4, (3, 6, 6))  # bucket 4 never used: zero gradient
+    assert torch.autograd.gradcheck(bucket_lookup, (table, idx))
+    bucket_lookup(table, idx).sum().backward()
+    assert table.grad[:, 4].abs().max() == 0 and table.grad[:, :4].sum() == 2 * 3 * 36
 
 
 def test_unused_time_table_still_in_graph_without_timestamps():

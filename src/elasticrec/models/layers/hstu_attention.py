@@ -63,6 +63,38 @@ def relative_time_buckets(timestamps: torch.Tensor, num_buckets: int, log_scale:
     return (gap.double().log() / log_scale).long().clamp(0, num_buckets - 1)
 
 
+class _BucketLookup(torch.autograd.Function):
+    """``table[:, idx].transpose(0, 1)`` whose backward is a weighted histogram per head."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.n = table.shape[1]
+        return table[:, idx].transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        flat = idx.reshape(-1)
+        w = grad if grad.dtype in (torch.float32, torch.float64) else grad.float()
+        g = torch.stack([torch.bincount(flat, weights=w[:, h].reshape(-1), minlength=ctx.n)
+                         for h in range(grad.shape[1])])
+        return g.to(grad.dtype), None
+
+
+def bucket_lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[B, H, L, L] bias ``table[h, idx[b, t, s]]`` for a table [H, n] and buckets [B, L, L].
+
+    Plain indexing differentiates into ``index_put_(accumulate=True)``, which on CUDA adds all the
+    B * L^2 gradients of one bucket serially: HSTU's training step was 25-1,500x slower than
+    SASRec's on an H200 (2026-11-28, L = 256-8192) while its inference was as fast. The
+    histogram (``bincount`` with weights) gives the same sums in parallel. In deterministic mode
+    CUDA has no deterministic ``bincount``, so the plain indexing is used there."""
+    if idx.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return table[:, idx].transpose(0, 1)
+    return _BucketLookup.apply(table, idx)
+
+
 def toeplitz_lower(per_distance: torch.Tensor) -> torch.Tensor:
     """[..., L] values per distance d = t - s  ->  [..., L, L] with entry (t, s) = value[t - s] for
     s <= t and 0 above the diagonal.
@@ -70,7 +102,7 @@ def toeplitz_lower(per_distance: torch.Tensor) -> torch.Tensor:
     Built from overlapping windows (``unfold``) of one padded vector, whose backward sums each
     diagonal with a dedicated kernel. Indexing the bucket table with an [L, L] bucket matrix
     instead makes a backward of L^2 accumulating writes into a few hundred entries, which CUDA's
-    indexing backward serialises per entry (see ``HSTUAttention.bias``)."""
+    indexing backward serialises per entry (see :func:`bucket_lookup`)."""
     L = per_distance.shape[-1]
     padded = torch.cat([per_distance.flip(-1), per_distance.new_zeros(*per_distance.shape[:-1], L - 1)], -1)
     return padded.unfold(-1, L, 1).flip(-2)  # window i = padded[i : i + L] is row L - 1 - i
@@ -150,10 +182,8 @@ class HSTUAttention(nn.Module):
         the diagonal (masked by the attention) are 0."""
         rab = toeplitz_lower(self.pos_bias[:, pos_idx[:, 0]])[None]  # the bucket depends on t - s only
         if self.time_bias is not None:
-            if time_idx is not None:  # F.embedding: its CUDA backward reduces repeated indices in
-                # parallel segments; `table[:, idx]` serialises the B * L^2 writes per bucket, which
-                # made HSTU's CUDA training step 25-1500x slower than SASRec's (H200, 2026-11-28)
-                rab = rab + F.embedding(time_idx, self.time_bias.t()).permute(0, 3, 1, 2)
+            if time_idx is not None:
+                rab = rab + bucket_lookup(self.time_bias, time_idx)
             elif self.training:  # no timestamps: keep the table in the graph (zero gradient) so
                 rab = rab + 0.0 * self.time_bias.sum()  # DistributedDataParallel sees it used
         return rab
