@@ -85,9 +85,9 @@ class _BucketLookup(torch.autograd.Function):
 def bucket_lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """[B, H, L, L] bias ``table[h, idx[b, t, s]]`` for a table [H, n] and buckets [B, L, L].
 
-    Plain indexing differentiates into ``index_put_(accumulate=True)``, which on CUDA adds all the
-    B * L^2 gradients of one bucket serially: HSTU's training step was 25-1,500x slower than
-    SASRec's on an H200 (2026-11-28, L = 256-8192) while its inference was as fast. The
+    Plain indexing differentiates into ``index_put_(accumulate=True)``, which on CUDA adds the
+    B * L^2 gradients of one bucket serially; with it HSTU's training step was 25-1,500x slower
+    than SASRec's on an H200 (2026-11-28, L = 256-8192) while its inference was as fast. The
     histogram (``bincount`` with weights) gives the same sums in parallel. In deterministic mode
     CUDA has no deterministic ``bincount``, so the plain indexing is used there."""
     if idx.is_cuda and torch.are_deterministic_algorithms_enabled():
