@@ -28,7 +28,7 @@ WORK=${WORK:-runs/gpu-session}
 DEVICE=${DEVICE:-cuda}
 DEADLINE_S=${DEADLINE_S:-540}            # whole script, packing included
 EFF_S=${EFF_S:-150}                      # hard cap on phase 2
-EFF_LENGTHS=${EFF_LENGTHS:-256,512,1024,2048,4096,8192,16384,32768}
+EFF_LENGTHS=${EFF_LENGTHS:-50,256,512,1024,2048,4096,8192,16384,32768}
 # ELASTIC first: on 2026-11-28 the phase hit its cap inside HSTU before reaching it
 EFF_ARGS=${EFF_ARGS:---models elastic,sasrec,sasrec-explicit,linrec,hstu --time-limit-s 20}
 ACC_DATASETS=${ACC_DATASETS:-ml-1m,ml-1m-1000,beauty,sports,yelp,lastfm,beauty-bert4rec,synthetic-4096}
