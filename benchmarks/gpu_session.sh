@@ -46,6 +46,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export ELASTICREC_CACHE=${ELASTICREC_CACHE:-$WORK/cache}
 py=${PYTHON:-python3}
 now() { echo $(( $(date +%s) - T0 )); }
+has() { case " $PHASES " in *" $1 "*) return 0;; esac; return 1; }  # is phase $1 in PHASES?
 say() { echo "[$(now) s] $*" | tee -a "$WORK/status.txt"; cp "$WORK/status.txt" "$OUT/status.txt"; }
 pack() {  # pack NAME PATH...: a tarball of the given paths under WORK, without checkpoints
   local name=$1; shift
@@ -60,7 +61,6 @@ say "start: device $DEVICE, deadline ${DEADLINE_S} s"
 cat "$WORK/machine.txt" >> "$WORK/status.txt"
 
 # 1. correctness on CUDA
-has() { case " $PHASES " in *" $1 "*) return 0;; esac; return 1; }
 if [ "$DEVICE" = cuda ] && has checks; then
   timeout -k 10 90 $py benchmarks/gpu_checks.py > "$WORK/logs/gpu_checks.log" 2>&1
   say "gpu_checks rc=$? ($(tail -1 "$WORK/logs/gpu_checks.log"))"
@@ -113,13 +113,15 @@ PY
 has ddp && ddp
 
 # 4. wait for the accuracy runs, but never past the deadline (unfinished runs keep checkpoints)
-while [ -n "$acc" ] && kill -0 "$acc" 2>/dev/null && [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do sleep 2; done
-if [ -n "$acc" ] && kill -0 "$acc" 2>/dev/null; then
-  say "accuracy: deadline reached, stopping the unfinished runs"
-  kill -TERM "$acc"; wait "$acc"
+if [ -n "$acc" ]; then
+  while kill -0 "$acc" 2>/dev/null && [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do sleep 2; done
+  if kill -0 "$acc" 2>/dev/null; then
+    say "accuracy: deadline reached, stopping the unfinished runs"
+    kill -TERM "$acc"
+  fi
+  wait "$acc"
+  say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
 fi
-[ -n "$acc" ] && wait "$acc" 2>/dev/null
-has accuracy && say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
 $py benchmarks/collect_runs.py "$WORK/acc" --json "$WORK/summary.json" --md "$WORK/summary.md" \
   > "$WORK/logs/collect.log" 2>&1
 say "end"

@@ -349,9 +349,12 @@ def run(args) -> int:
             print(shlex.join(train_command(j, threads, args.time_budget_s, args.epochs, args.device,
                                            args.resume and job_state(j) == "unfinished")))
         return 0
+    def untrained(why: str) -> dict[str, str]:  # outcome when this invocation trains nothing more
+        return {j.name: "finished" if job_state(j) == "finished" else why for j in jobs}
+
     interrupted = False
     if args.collect_only:
-        outcome = {j.name: "finished" if job_state(j) == "finished" else "not run (--collect-only)" for j in jobs}
+        outcome = untrained("not run (--collect-only)")
     else:
         try:
             outcome = run_jobs(jobs, args.jobs, threads, args.time_budget_s, args.epochs, args.device, args.resume)
@@ -359,8 +362,7 @@ def run(args) -> int:
             print("interrupted: running trainings stopped; run the same command with --resume to continue; "
                   "the tables below hold the runs that finished", file=sys.stderr)
             interrupted = True
-            outcome = {j.name: "finished" if job_state(j) == "finished" else "interrupted before its test score"
-                       for j in jobs}
+            outcome = untrained("interrupted before its test score")
     notes += [f"{name}: {o}" for name, o in outcome.items() if o.startswith(("failed", "unfinished", "not run",
                                                                               "interrupted"))]
     groups, runs = aggregate(jobs)
