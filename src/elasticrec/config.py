@@ -108,6 +108,9 @@ class ModelConfig:
     pos_encoding: str = "learned"  # learned (counted from the end) | learned-start | chunk | none | rotary
     norm_first: bool = True
     init_std: float = 0.02
+    # how a hidden state scores an item: "dot" (SASRec) or "cosine" (both L2-normalised, as in
+    # HSTU's public experiments; pair it with a low train.temperature such as 0.05)
+    score: str = "dot"
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     hstu: HSTUConfig = field(default_factory=HSTUConfig)
     linrec: LinRecConfig = field(default_factory=LinRecConfig)
@@ -163,6 +166,7 @@ class ExperimentConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos_encoding": ("learned", "learned-start", "chunk", "none", "rotary"),
+    "model.score": ("dot", "cosine"),
     "model.elastic.chunk_align": ("end", "start"),
     "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
     "model.elastic.memory_site": ("dispatchers", "tokens"),

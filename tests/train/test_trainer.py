@@ -151,3 +151,10 @@ def test_warmup_cosine_schedule(cyclic_data, tmp_path):
     assert lrs[0] == pytest.approx(0.005 / 4) and lrs[3] == pytest.approx(0.005)
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # decays after warm-up
     assert lrs[-1] < 0.005 * 0.2  # cos(3pi/4) point of the 4 post-warm-up steps
+
+
+def test_cosine_scores_train_and_learn(cyclic_data, tmp_path):
+    """model.score=cosine with HSTU's temperature of 0.05 learns the deterministic sequences."""
+    cfg = merge(small_cfg(tmp_path, temperature=0.05), {"model": {"score": "cosine"}})
+    res = Trainer(cfg, data=cyclic_data).fit()
+    assert res["HR@10"] > 0.6, res

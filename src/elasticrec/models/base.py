@@ -11,6 +11,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from elasticrec.config import ModelConfig
@@ -62,9 +63,19 @@ class SequentialRecommender(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight
 
+    def output_embeddings(self) -> torch.Tensor:
+        """Item table that hidden states are scored against: the (tied) input table, unit-length
+        rows when ``model.score`` is cosine."""
+        emb = self.item_embeddings()
+        return F.normalize(emb, dim=-1, eps=1e-6) if self.cfg.score == "cosine" else emb
+
+    def output_queries(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states as scoring queries: unit length when ``model.score`` is cosine."""
+        return F.normalize(h, dim=-1, eps=1e-6) if self.cfg.score == "cosine" else h
+
     def score_all(self, h: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 = padding) for hidden states h [..., D]."""
-        return h @ self.item_embeddings().t()
+        return self.output_queries(h) @ self.output_embeddings().t()
 
     def last_hidden(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state of the last position (the next-item query) for left-padded input."""

@@ -22,7 +22,8 @@ def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     h, t = h[mask], targets[mask]  # [N, D], [N]
     if t.numel() == 0:
         return h.sum() * 0.0
-    emb = model.item_embeddings()
+    emb = model.output_embeddings()
+    h = model.output_queries(h)
     if cfg.loss == "ce":
         # item 0 is padding, never a class: score items 1..n only (no -inf column to write and
         # copy back in the backward pass, no division when the temperature is 1)
