@@ -36,6 +36,8 @@ ACC_MODELS=${ACC_MODELS:-sasrec,hstu,linrec,elastic}
 ACC_SEEDS=${ACC_SEEDS:-42}
 ACC_JOBS=${ACC_JOBS:-}                   # default: every run at once, so all get the same conditions
 ACC_TAIL_S=${ACC_TAIL_S:-100}            # left after the training budget: start-up, test scoring, packing
+ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for every run, e.g.
+#   ACC_ARGS="--set model.score=cosine --set train.temperature=0.05"
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
@@ -85,7 +87,7 @@ if has accuracy; then
   say "accuracy: start, ${ACC_JOBS} runs at a time, budget ${budget} s per run"
   $py -m elasticrec bench accuracy --datasets "$ACC_DATASETS" --models "$ACC_MODELS" --seeds "$ACC_SEEDS" \
     --time-budget-s "$budget" --jobs "$ACC_JOBS" --threads 1 --device "$DEVICE" \
-    --runs-dir "$WORK/acc" --out "$WORK/accuracy" \
+    --runs-dir "$WORK/acc" --out "$WORK/accuracy" $ACC_ARGS \
     --note "All runs at once on one GPU ($(head -2 "$WORK/machine.txt" | tail -1)), one CPU thread each, ${budget} s budget." \
     > "$WORK/logs/accuracy.log" 2>&1 &
   acc=$!

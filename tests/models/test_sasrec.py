@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from elasticrec.config import ModelConfig
 from elasticrec.models import build_model, list_models
-from elasticrec.models.layers.attention import CausalSelfAttention, reference_attention
+from elasticrec.models.layers.attention import (CausalSelfAttention, key_padding_features,
+                                                reference_attention)
 from model_checks import assert_no_gradient_from_future
 
 
@@ -36,6 +38,26 @@ def test_sdpa_equals_reference(with_padding):
     g, = torch.autograd.grad((y * keep).sum(), x)
     g_ref, = torch.autograd.grad((y_ref * keep).sum(), x)
     torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_padding_mask_ignores_padding_content(dtype):
+    """The fused path masks padding keys with one extra feature (no L x L mask): whatever the
+    padding holds, real positions equal the explicit masked reference, in every float type."""
+    torch.manual_seed(1)
+    B, H, L, d = 4, 3, 13, 8
+    valid = torch.arange(L)[None] >= torch.tensor([0, 5, 12, 3])[:, None]
+    q, k, v = torch.randn(3, B, H, L, d)
+    loud = ~valid[:, None, :, None]  # padding keys and values far larger than real ones
+    k, v = torch.where(loud, 30 * k, k), torch.where(loud, 1e3 * v, v)
+    qp, kp, vp = key_padding_features(q.to(dtype), k.to(dtype), v.to(dtype), valid)
+    assert qp.shape == kp.shape == vp.shape and kp.shape[-1] % 8 == 0 and kp.shape[-1] > d
+    got = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=d ** -0.5)[..., :d]
+    ref = reference_attention(q, k, v, valid)
+    keep = valid[:, None, :, None]
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.isfinite(got).all()  # padding queries too (all their keys are padding)
+    torch.testing.assert_close(got.float() * keep, ref * keep, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "sasrec-explicit"])

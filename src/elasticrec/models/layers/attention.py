@@ -7,6 +7,11 @@ efficiency benchmark and as the reference the tests compare against.
 
 Sequences are left-padded: ``valid`` [B, L] is True at real items. Padding keys are masked; a
 padding query attends only to itself so no row is empty (its output is discarded anyway).
+The fused path masks padding keys without any L x L tensor: every key gets one more feature
+(0 for a real item, a large negative number for padding) and every query a matching 1, so the
+padding keys' logits underflow to zero weight inside the causal kernel (``is_causal=True``, the
+FlashAttention-eligible call). A [B, 1, L, L] boolean mask would take 4 GiB at L=4096 and a
+batch of 256.
 """
 
 from __future__ import annotations
@@ -27,6 +32,25 @@ def causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:
     mask = causal[None] & valid[:, None, :]
     mask = mask | torch.eye(L, dtype=torch.bool, device=valid.device)[None]
     return mask[:, None]
+
+
+_PAD_LOGIT = -1e9  # added to a padding key's logit (fp16: half its most negative finite value)
+
+
+def key_padding_features(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v [B, H, L, d] -> [B, H, L, d'] with d' the next multiple of 8 above d (the fused
+    kernels want equal, 8-aligned head sizes): the added query column is 1, the added key column
+    0 at valid positions and ``_PAD_LOGIT`` at padding, the rest zeros. ``q' . k' = q . k`` for
+    a real key and ``q . k + _PAD_LOGIT`` for padding. Call SDPA with ``scale=1/sqrt(d)`` and
+    keep the first d output columns."""
+    B, H, L, d = q.shape
+    extra = 8 - d % 8  # at least one column
+    qx = q.new_zeros(B, H, L, extra)
+    qx[..., 0] = 1.0
+    kx = k.new_zeros(B, H, L, extra)
+    kx[..., 0] = (~valid).to(k.dtype)[:, None, :] * max(_PAD_LOGIT, torch.finfo(k.dtype).min / 2)
+    return torch.cat([q, qx], -1), torch.cat([k, kx], -1), F.pad(v, (0, extra))
 
 
 def reference_attention(q, k, v, valid=None, dropout_p: float = 0.0, training: bool = False):
@@ -68,6 +92,8 @@ class CausalSelfAttention(nn.Module):
             y = reference_attention(q, k, v, valid, p, self.training)
         elif valid is None or bool(valid.all()):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_padding_mask(valid), dropout_p=p)
+        else:  # padding keys masked through one more feature, not an [B, 1, L, L] mask
+            qp, kp, vp = key_padding_features(q, k, v, valid)
+            y = F.scaled_dot_product_attention(qp, kp, vp, dropout_p=p, is_causal=True,
+                                               scale=1.0 / math.sqrt(self.dh))[..., : self.dh]
         return self.out(y.transpose(1, 2).reshape(B, L, D))
