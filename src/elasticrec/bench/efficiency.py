@@ -99,6 +99,7 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
 
     from elasticrec.models import build_model
     from elasticrec.train.losses import next_item_loss
+    from elasticrec.train.trainer import build_optimizer
 
     row = {k: None for k in ROW_KEYS}
     row.update(model=spec.model, L=spec.L, batch=spec.batch, tokens=spec.batch * spec.L, status="ok", note="")
@@ -129,7 +130,7 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
             mem0 = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
         model = build_model(cfg.model, spec.n_items).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = build_optimizer(model, cfg)  # the trainer's optimizer (fused AdamW on a GPU)
         x = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
         y = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
         ts = None  # models that read timestamps (HSTU's time bias) get increasing seconds
