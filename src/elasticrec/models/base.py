@@ -63,15 +63,18 @@ class SequentialRecommender(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight
 
+    def _scoring_vectors(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows of ``t`` as they enter a score: unit length when ``model.score`` is cosine."""
+        return F.normalize(t, dim=-1, eps=1e-6) if self.cfg.score == "cosine" else t
+
     def output_embeddings(self) -> torch.Tensor:
         """Item table that hidden states are scored against: the (tied) input table, unit-length
         rows when ``model.score`` is cosine."""
-        emb = self.item_embeddings()
-        return F.normalize(emb, dim=-1, eps=1e-6) if self.cfg.score == "cosine" else emb
+        return self._scoring_vectors(self.item_embeddings())
 
     def output_queries(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states as scoring queries: unit length when ``model.score`` is cosine."""
-        return F.normalize(h, dim=-1, eps=1e-6) if self.cfg.score == "cosine" else h
+        return self._scoring_vectors(h)
 
     def score_all(self, h: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 = padding) for hidden states h [..., D]."""
