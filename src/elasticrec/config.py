@@ -64,6 +64,10 @@ class ElasticConfig:
     use_local: bool = True  # joint softmax over dispatchers + causal local chunk
     chunk_align: str = "end"  # end: chunk grid ends at the last item; start: starts at the first
     # item of the history (needed for constant-cost streaming updates, see elasticrec.serving)
+    # "count": add log((N + 1) / k) to the dispatcher logits of a chunk whose earlier chunks hold
+    # N items, so the k dispatchers weigh as much as the history they summarise (short histories:
+    # the k empty-history dispatchers weigh one item, not k); "none": plain logits
+    dispatcher_bias: str = "none"
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR
     # where a block reads its memory: "dispatchers" (ELASTIC.md: each packed dispatcher queries it,

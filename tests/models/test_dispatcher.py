@@ -40,10 +40,11 @@ def _memory(kind: str | None):
     return ProductKeyMemory(D, n_keys=8, heads=2, topk=3, key_dim=4, query_norm="layernorm")
 
 
-def _make(L, C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64):
+def _make(L, C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64,
+          bias="none"):
     torch.manual_seed(seed)
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
-                            memory=_memory(memory), shared_local_kv=shared)
+                            memory=_memory(memory), shared_local_kv=shared, dispatcher_bias=bias)
     return _randomize(m, seed).to(dtype).eval()
 
 
@@ -56,11 +57,16 @@ CASES = [
     (11, 3, 4, 2, False, "pkm", False),   # no local attention
     (13, 5, 2, 2, True, "linear", True),  # local attention shares the dispatcher k/v projection
 ]
+BIAS_CASES = [  # dispatcher_bias="count": log((N + 1) / k) on the dispatcher logits
+    (10, 4, 3, 2, True, "pkm", False),
+    (9, 2, 5, 1, False, None, False),
+]
 
 
-@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared", CASES)
-def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared):
-    m = _make(L, C, k, H, use_local, memory, shared)
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias",
+                         [c + ("none",) for c in CASES] + [c + ("count",) for c in BIAS_CASES])
+def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared, bias):
+    m = _make(L, C, k, H, use_local, memory, shared, bias=bias)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, 1, 0][:4]
     valid = left_valid(L, lengths)
@@ -113,6 +119,32 @@ def test_empty_history_is_the_learned_entry():
         vals = torch.cat([vp[:, h], kvl[1, h][None]])
         out.append(torch.softmax(keys @ q[h] / dh ** 0.5, 0) @ vals)
     torch.testing.assert_close(y[0, 3], m.out(torch.cat(out)))
+
+
+def test_count_bias_weighs_the_dispatchers_as_the_history_they_summarise():
+    """With ``dispatcher_bias="count"`` and identical dispatcher keys and local keys, a position
+    with N earlier items and j items of its own chunk gives the dispatchers total weight
+    (N + 1) / (N + 1 + j): they count as the N + 1 entries they aggregate."""
+    k, C, L = 4, 3, 8
+    m = DispatcherAttention(D, n_heads=1, n_dispatchers=k, chunk_size=C,
+                            dispatcher_bias="count").double().eval()
+    with torch.no_grad():   # zero query projection: every logit is 0 before the bias
+        m.q.weight.zero_(); m.q.bias.zero_()
+        m.disp_kv.weight.zero_(); m.local_kv.weight.zero_()
+        m.disp_kv.bias.zero_(); m.local_kv.bias.zero_()
+        m.disp_kv.bias[D:] = 1.0    # dispatchers' values 1, local values 0
+        m.out.weight.copy_(torch.eye(D)); m.out.bias.zero_()
+    valid = left_valid(L, [7])      # items at 1..7; end-aligned chunks {0,1}, {2,3,4}, {5,6,7}
+    y = m(torch.randn(1, L, D, dtype=torch.float64), valid)[0, :, 0]
+    # position: 0 is padding; 1: N=0, j=1; 2..4: N=1, j=1..3; 5..7: N=4, j=1..3
+    expect = [0.0, 1 / 2, 2 / 3, 2 / 4, 2 / 5, 5 / 6, 5 / 7, 5 / 8]
+    torch.testing.assert_close(y, torch.tensor(expect, dtype=torch.float64))
+    plain = copy.deepcopy(m)
+    plain.dispatcher_bias = "none"  # plain logits: the k dispatchers outweigh a short history
+    y_plain = plain(torch.randn(1, L, D, dtype=torch.float64), valid)[0, 1, 0].item()
+    assert y_plain == pytest.approx(k / (k + 1))
+    with pytest.raises(ValueError, match="dispatcher_bias"):
+        DispatcherAttention(D, dispatcher_bias="learned")
 
 
 @pytest.mark.parametrize("C", [1, 3, 4])

@@ -17,10 +17,13 @@ def _model(memory=True, **ekw):
     return build_model(cfg, n_items=60).eval()
 
 
-@pytest.mark.parametrize("memory,site", [(False, "dispatchers"), (True, "dispatchers"), (True, "tokens")])
+@pytest.mark.parametrize("memory,site,bias", [(False, "dispatchers", "none"),
+                                              (True, "dispatchers", "none"),
+                                              (True, "tokens", "none"),
+                                              (True, "dispatchers", "count")])
 @pytest.mark.parametrize("use_local", [False, True])
-def test_no_future_leakage_forward_and_grad(memory, site, use_local):
-    m = _model(memory, use_local=use_local, memory_site=site)
+def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local):
+    m = _model(memory, use_local=use_local, memory_site=site, dispatcher_bias=bias)
     items = torch.randint(1, 61, (3, 30))
     items[1, :7] = 0
     for t in (2, 11, 20):
@@ -31,9 +34,10 @@ def test_no_future_leakage_forward_and_grad(memory, site, use_local):
     assert_no_gradient_from_future(m, items, t=14)
 
 
-@pytest.mark.parametrize("site", ["dispatchers", "tokens"])
-def test_left_padding_and_batch_composition_invariance(site):
-    m = _model(True, memory_site=site)
+@pytest.mark.parametrize("site,bias", [("dispatchers", "none"), ("tokens", "none"),
+                                       ("dispatchers", "count")])
+def test_left_padding_and_batch_composition_invariance(site, bias):
+    m = _model(True, memory_site=site, dispatcher_bias=bias)
     seq = torch.randint(1, 61, (1, 13))
     outs = []
     for pad in (0, 5, 19):

@@ -36,12 +36,14 @@ def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def _layer(C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64):
+def _layer(C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64,
+           bias="none"):
     torch.manual_seed(seed)
     mem = {None: None, "linear": nn.Linear(D, D),
            "pkm": ProductKeyMemory(D, n_keys=8, heads=2, topk=3, key_dim=4, query_norm="layernorm")}[memory]
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
-                            memory=mem, shared_local_kv=shared, chunk_align="start")
+                            memory=mem, shared_local_kv=shared, chunk_align="start",
+                            dispatcher_bias=bias)
     return _randomize(m, seed).to(dtype).eval()
 
 
@@ -58,9 +60,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared", CASES)
-def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared):
-    m = _layer(C, k, H, use_local, memory, shared)
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias",
+                         [c + ("none",) for c in CASES] + [(10, 3, 4, 2, True, "pkm", False, "count")])
+def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared,
+                                                           bias):
+    m = _layer(C, k, H, use_local, memory, shared, bias=bias)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, L - C - 1 if L - C - 1 > 0 else 1, 1, 0]
     valid = left_valid(L, lengths)
@@ -120,13 +124,14 @@ def test_bad_chunk_align_rejected():
         DispatcherAttention(D, chunk_align="middle")
 
 
-@pytest.mark.parametrize("C,use_local,memory,shared", [(4, True, "linear", True),
-                                                     (3, False, "pkm", False),
-                                                     (1, True, None, False)])
-def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared):
+@pytest.mark.parametrize("C,use_local,memory,shared,bias", [(4, True, "linear", True, "none"),
+                                                          (3, False, "pkm", False, "none"),
+                                                          (1, True, None, False, "none"),
+                                                          (4, True, "pkm", False, "count")])
+def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias):
     """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
     every position; stream_prefill's state == the streamed one; end alignment cannot stream."""
-    m = _layer(C, 3, 2, use_local, memory, shared)
+    m = _layer(C, 3, 2, use_local, memory, shared, bias=bias)
     g = torch.Generator().manual_seed(6)
     L, lengths = 23, [23, 18, 0]
     valid = left_valid(L, lengths)

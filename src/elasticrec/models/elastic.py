@@ -46,7 +46,8 @@ class ElasticBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = DispatcherAttention(d, cfg.n_heads, e.n_dispatchers, e.chunk_size, cfg.dropout,
                                         use_local=e.use_local, memory=None if on_tokens else memory,
-                                        chunk_align=e.chunk_align)
+                                        chunk_align=e.chunk_align,
+                                        dispatcher_bias=e.dispatcher_bias)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
         self.memory = memory if on_tokens else None

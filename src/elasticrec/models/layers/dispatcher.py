@@ -40,6 +40,13 @@ the valid positions ``s <= t`` of its own chunk (keys ``X Wk2'``, values ``X Wv2
 projections by default, ``shared_local_kv=True`` reuses ``Wk2, Wv2``). The query projection
 ``Wq2`` is shared by both parts. Output projection ``Wo``. Padding query positions output zeros.
 
+*Dispatcher bias* (``dispatcher_bias``, [ours]): ``"none"`` uses the plain logits. ``"count"``
+adds ``log((N + 1) / k)`` to every dispatcher logit of a position whose earlier chunks hold ``N``
+valid items (the ``+ 1`` is the empty-history entry), so the k dispatchers together weigh in the
+joint softmax about as much as the ``N + 1`` entries they summarise would in full attention. A
+short history (everything in the open chunk, ``N = 0``) then gives its 16 "empty history"
+dispatchers the weight of one item instead of sixteen. Parameter-free and streaming-exact.
+
 Cost ``O(L k d + L C d)`` time and ``O(L/C k d + L C)`` extra memory: no L x L tensor anywhere
 (the scan's rescaling factors ``exp(m - M)`` are constants because the running max is detached,
 so backward keeps only ``O(L/C k log(L/C))`` scalars for it, not the ``d``-wide states).
@@ -172,6 +179,7 @@ def _chunk_index(L: int, C: int, device=None) -> torch.Tensor:
 
 
 CHUNK_ALIGNS = ("end", "start")
+DISPATCHER_BIASES = ("none", "count")
 
 
 class StreamState(NamedTuple):
@@ -215,10 +223,13 @@ class DispatcherAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 1, n_dispatchers: int = 16,
                  chunk_size: int = 64, dropout: float = 0.0, use_local: bool = True,
                  memory: nn.Module | None = None, shared_local_kv: bool = False,
-                 chunk_align: str = "end"):
+                 chunk_align: str = "end", dispatcher_bias: str = "none"):
         super().__init__()
         if chunk_align not in CHUNK_ALIGNS:
             raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
+        if dispatcher_bias not in DISPATCHER_BIASES:
+            raise ValueError(f"dispatcher_bias must be one of {DISPATCHER_BIASES}, "
+                             f"got {dispatcher_bias!r}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if chunk_size < 1 or n_dispatchers < 1:
@@ -229,6 +240,7 @@ class DispatcherAttention(nn.Module):
         self.use_local = use_local
         self.shared_local_kv = shared_local_kv
         self.chunk_align = chunk_align
+        self.dispatcher_bias = dispatcher_bias
         # aggregate
         self.dispatchers = nn.Parameter(torch.empty(n_dispatchers, d_model))   # Q_P
         self.agg_kv = nn.Linear(d_model, 2 * d_model)                          # Wk1, Wv1
@@ -255,7 +267,7 @@ class DispatcherAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.h}, n_dispatchers={self.k}, "
                 f"chunk_size={self.C}, chunk_align={self.chunk_align}, use_local={self.use_local}, "
-                f"dropout={self.dropout}")
+                f"dispatcher_bias={self.dispatcher_bias}, dropout={self.dropout}")
 
     # ---------------------------------------------------------------- pieces (also for streaming)
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -273,6 +285,13 @@ class DispatcherAttention(nn.Module):
 
     def local_kv_proj(self, x: torch.Tensor) -> torch.Tensor:
         return (self.disp_kv if self.local_kv is None else self.local_kv)(x)
+
+    def dispatcher_logit_bias(self, n_prev: torch.Tensor) -> torch.Tensor | None:
+        """Bias added to the dispatcher logits of positions whose earlier chunks hold ``n_prev``
+        valid items (any shape; float result of the same shape), or None without a bias."""
+        if self.dispatcher_bias == "none":
+            return None
+        return torch.log((n_prev.to(torch.float32) + 1.0) / self.k)
 
     def finish_pack(self, P: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory.
@@ -336,6 +355,10 @@ class DispatcherAttention(nn.Module):
         kp = self._heads(kvp[..., :D]).transpose(1, 2)                        # [B, H, n, k, dh]
         vp = self._heads(kvp[..., D:]).transpose(1, 2)
         s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                      # [B, H, n, C, k]
+        counts = valid.view(B, n, C).sum(dim=-1)
+        bias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts)       # [B, n]
+        if bias is not None:
+            s = s + bias.to(acc)[:, None, :, None, None]
         if self.use_local:
             kvl = self.local_kv_proj(x).view(B, n, C, 2 * D)
             kl = self._heads(kvl[..., :D]).transpose(1, 2)                    # [B, H, n, C, dh]
@@ -415,6 +438,9 @@ class DispatcherAttention(nn.Module):
         kp = kvp[..., :D].view(B, k, H, dh).transpose(1, 2)                 # [B, H, k, dh]
         vp = kvp[..., D:].view(B, k, H, dh).transpose(1, 2)
         s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                     # [B, H, 1, k]
+        bias = self.dispatcher_logit_bias(count - slot)                     # closed chunks' items
+        if bias is not None:
+            s = s + bias.to(acc)[:, None, None, None]
         local = state.local_kv
         if self.use_local:
             local = local.clone()
@@ -481,7 +507,9 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     empty-history entry plus the valid positions of chunks strictly before t's chunk (chunks
     aligned to the end of the window, or with ``chunk_align="start"`` to the row's first valid
     item), apply the output projection and memory, then attend in one
-    softmax to those k dispatchers plus the valid positions of t's own chunk up to t.
+    softmax to those k dispatchers plus the valid positions of t's own chunk up to t (with
+    ``dispatcher_bias="count"``, ``log((|S| + 1) / k)`` is added to the k dispatcher logits, ``|S|``
+    the number of aggregated positions).
     """
     m = module
     B, L, D = x.shape
@@ -521,13 +549,16 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
             kvp = m.disp_kv(P)
             kp, vp = kvp[:, :D].view(k, H, dh), kvp[:, D:].view(k, H, dh)
             loc = [s for s in range(t + 1) if m.use_local and bool(valid[b, s]) and chunk[s] == chunk[t]]
+            bias = torch.zeros(k + len(loc), dtype=x.dtype, device=x.device)
+            if m.dispatcher_bias == "count":
+                bias[:k] = math.log((len(S) + 1) / k)
             heads = []
             for h in range(H):
                 keys, vals = kp[:, h], vp[:, h]
                 if loc:
                     keys = torch.cat([keys, kl[b, loc, h]], dim=0)
                     vals = torch.cat([vals, vl[b, loc, h]], dim=0)
-                w = torch.softmax((keys @ q2[b, t, h]) * scale, dim=0)
+                w = torch.softmax((keys @ q2[b, t, h]) * scale + bias, dim=0)
                 heads.append(w @ vals)
             outs.append(m.out(torch.cat(heads)))
         rows.append(torch.stack(outs))
