@@ -66,7 +66,8 @@ class ElasticConfig:
     # item of the history (needed for constant-cost streaming updates, see elasticrec.serving)
     # "count": add log((N + 1) / k) to the dispatcher logits of a chunk whose earlier chunks hold
     # N items, so the k dispatchers weigh as much as the history they summarise (short histories:
-    # the k empty-history dispatchers weigh one item, not k); "none": plain logits
+    # the k empty-history dispatchers weigh one item, not k); "items": log(N / k), so a position
+    # with no earlier chunk attends to its own chunk only (needs use_local); "none": plain logits
     dispatcher_bias: str = "none"
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR

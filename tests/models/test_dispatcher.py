@@ -57,14 +57,16 @@ CASES = [
     (11, 3, 4, 2, False, "pkm", False),   # no local attention
     (13, 5, 2, 2, True, "linear", True),  # local attention shares the dispatcher k/v projection
 ]
-BIAS_CASES = [  # dispatcher_bias="count": log((N + 1) / k) on the dispatcher logits
-    (10, 4, 3, 2, True, "pkm", False),
-    (9, 2, 5, 1, False, None, False),
+BIAS_CASES = [  # log((N + 1) / k) ("count") or log(N / k) ("items") on the dispatcher logits
+    (10, 4, 3, 2, True, "pkm", False, "count"),
+    (9, 2, 5, 1, False, None, False, "count"),
+    (10, 3, 3, 2, True, "linear", False, "items"),
+    (8, 16, 2, 2, True, None, True, "items"),   # one chunk: no position has an earlier item
 ]
 
 
 @pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias",
-                         [c + ("none",) for c in CASES] + [c + ("count",) for c in BIAS_CASES])
+                         [c + ("none",) for c in CASES] + BIAS_CASES)
 def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared, bias):
     m = _make(L, C, k, H, use_local, memory, shared, bias=bias)
     g = torch.Generator().manual_seed(1)
@@ -121,13 +123,15 @@ def test_empty_history_is_the_learned_entry():
     torch.testing.assert_close(y[0, 3], m.out(torch.cat(out)))
 
 
-def test_count_bias_weighs_the_dispatchers_as_the_history_they_summarise():
+@pytest.mark.parametrize("bias,empty", [("count", 1), ("items", 0)])
+def test_count_bias_weighs_the_dispatchers_as_the_history_they_summarise(bias, empty):
     """With ``dispatcher_bias="count"`` and identical dispatcher keys and local keys, a position
     with N earlier items and j items of its own chunk gives the dispatchers total weight
-    (N + 1) / (N + 1 + j): they count as the N + 1 entries they aggregate."""
+    (N + 1) / (N + 1 + j): they count as the N + 1 entries they aggregate ("items": N / (N + j),
+    the empty-history entry counts for nothing)."""
     k, C, L = 4, 3, 8
     m = DispatcherAttention(D, n_heads=1, n_dispatchers=k, chunk_size=C,
-                            dispatcher_bias="count").double().eval()
+                            dispatcher_bias=bias).double().eval()
     with torch.no_grad():   # zero query projection: every logit is 0 before the bias
         m.q.weight.zero_(); m.q.bias.zero_()
         m.disp_kv.weight.zero_(); m.local_kv.weight.zero_()
@@ -137,7 +141,8 @@ def test_count_bias_weighs_the_dispatchers_as_the_history_they_summarise():
     valid = left_valid(L, [7])      # items at 1..7; end-aligned chunks {0,1}, {2,3,4}, {5,6,7}
     y = m(torch.randn(1, L, D, dtype=torch.float64), valid)[0, :, 0]
     # position: 0 is padding; 1: N=0, j=1; 2..4: N=1, j=1..3; 5..7: N=4, j=1..3
-    expect = [0.0, 1 / 2, 2 / 3, 2 / 4, 2 / 5, 5 / 6, 5 / 7, 5 / 8]
+    nj = [(0, 1), (1, 1), (1, 2), (1, 3), (4, 1), (4, 2), (4, 3)]
+    expect = [0.0] + [(n + empty) / (n + empty + j) for n, j in nj]
     torch.testing.assert_close(y, torch.tensor(expect, dtype=torch.float64))
     plain = copy.deepcopy(m)
     plain.dispatcher_bias = "none"  # plain logits: the k dispatchers outweigh a short history
@@ -145,6 +150,8 @@ def test_count_bias_weighs_the_dispatchers_as_the_history_they_summarise():
     assert y_plain == pytest.approx(k / (k + 1))
     with pytest.raises(ValueError, match="dispatcher_bias"):
         DispatcherAttention(D, dispatcher_bias="learned")
+    with pytest.raises(ValueError, match="use_local"):
+        DispatcherAttention(D, dispatcher_bias="items", use_local=False)
 
 
 @pytest.mark.parametrize("C", [1, 3, 4])

@@ -17,11 +17,13 @@ def _model(memory=True, **ekw):
     return build_model(cfg, n_items=60).eval()
 
 
-@pytest.mark.parametrize("memory,site,bias", [(False, "dispatchers", "none"),
-                                              (True, "dispatchers", "none"),
-                                              (True, "tokens", "none"),
-                                              (True, "dispatchers", "count")])
-@pytest.mark.parametrize("use_local", [False, True])
+LEAK_CASES = [(memory, site, bias, local)
+              for memory, site, bias in [(False, "dispatchers", "none"), (True, "dispatchers", "none"),
+                                         (True, "tokens", "none"), (True, "dispatchers", "count")]
+              for local in (False, True)] + [(True, "dispatchers", "items", True)]  # needs local
+
+
+@pytest.mark.parametrize("memory,site,bias,use_local", LEAK_CASES)
 def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local):
     m = _model(memory, use_local=use_local, memory_site=site, dispatcher_bias=bias)
     items = torch.randint(1, 61, (3, 30))
@@ -35,7 +37,7 @@ def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local):
 
 
 @pytest.mark.parametrize("site,bias", [("dispatchers", "none"), ("tokens", "none"),
-                                       ("dispatchers", "count")])
+                                       ("dispatchers", "count"), ("dispatchers", "items")])
 def test_left_padding_and_batch_composition_invariance(site, bias):
     m = _model(True, memory_site=site, dispatcher_bias=bias)
     seq = torch.randint(1, 61, (1, 13))

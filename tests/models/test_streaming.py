@@ -61,7 +61,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias",
-                         [c + ("none",) for c in CASES] + [(10, 3, 4, 2, True, "pkm", False, "count")])
+                         [c + ("none",) for c in CASES] + [(10, 3, 4, 2, True, "pkm", False, "count"),
+                                                           (10, 3, 4, 2, True, None, False, "items")])
 def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared,
                                                            bias):
     m = _layer(C, k, H, use_local, memory, shared, bias=bias)
@@ -127,7 +128,8 @@ def test_bad_chunk_align_rejected():
 @pytest.mark.parametrize("C,use_local,memory,shared,bias", [(4, True, "linear", True, "none"),
                                                           (3, False, "pkm", False, "none"),
                                                           (1, True, None, False, "none"),
-                                                          (4, True, "pkm", False, "count")])
+                                                          (4, True, "pkm", False, "count"),
+                                                          (3, True, "linear", True, "items")])
 def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias):
     """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
     every position; stream_prefill's state == the streamed one; end alignment cannot stream."""

@@ -45,7 +45,10 @@ adds ``log((N + 1) / k)`` to every dispatcher logit of a position whose earlier 
 valid items (the ``+ 1`` is the empty-history entry), so the k dispatchers together weigh in the
 joint softmax about as much as the ``N + 1`` entries they summarise would in full attention. A
 short history (everything in the open chunk, ``N = 0``) then gives its 16 "empty history"
-dispatchers the weight of one item instead of sixteen. Parameter-free and streaming-exact.
+dispatchers the weight of one item instead of sixteen. ``"items"`` adds ``log(N / k)``: the
+empty-history entry weighs nothing, so a position with no earlier chunk (``N = 0``) attends to its
+own chunk only, as exact causal attention would (needs ``use_local``; the bias is then ``-1e4``,
+which is an exact zero weight in fp32). Both are parameter-free and streaming-exact.
 
 Cost ``O(L k d + L C d)`` time and ``O(L/C k d + L C)`` extra memory: no L x L tensor anywhere
 (the scan's rescaling factors ``exp(m - M)`` are constants because the running max is detached,
@@ -179,7 +182,8 @@ def _chunk_index(L: int, C: int, device=None) -> torch.Tensor:
 
 
 CHUNK_ALIGNS = ("end", "start")
-DISPATCHER_BIASES = ("none", "count")
+DISPATCHER_BIASES = ("none", "count", "items")
+_SKIP_LOGIT = -1e4   # "items" bias with no earlier item: exp() of it is 0 in fp32, yet finite
 
 
 class StreamState(NamedTuple):
@@ -230,6 +234,9 @@ class DispatcherAttention(nn.Module):
         if dispatcher_bias not in DISPATCHER_BIASES:
             raise ValueError(f"dispatcher_bias must be one of {DISPATCHER_BIASES}, "
                              f"got {dispatcher_bias!r}")
+        if dispatcher_bias == "items" and not use_local:
+            raise ValueError("dispatcher_bias='items' needs use_local=True (with no earlier item, "
+                             "a position attends to its own chunk only)")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if chunk_size < 1 or n_dispatchers < 1:
@@ -291,7 +298,10 @@ class DispatcherAttention(nn.Module):
         valid items (any shape; float result of the same shape), or None without a bias."""
         if self.dispatcher_bias == "none":
             return None
-        return torch.log((n_prev.to(torch.float32) + 1.0) / self.k)
+        n = n_prev.to(torch.float32)
+        if self.dispatcher_bias == "count":
+            return torch.log((n + 1.0) / self.k)
+        return torch.where(n > 0, torch.log(n / self.k), torch.full_like(n, _SKIP_LOGIT))
 
     def finish_pack(self, P: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory.
@@ -509,7 +519,8 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     item), apply the output projection and memory, then attend in one
     softmax to those k dispatchers plus the valid positions of t's own chunk up to t (with
     ``dispatcher_bias="count"``, ``log((|S| + 1) / k)`` is added to the k dispatcher logits, ``|S|``
-    the number of aggregated positions).
+    the number of aggregated positions; with ``"items"``, ``log(|S| / k)``, i.e. no dispatchers
+    while ``S`` is empty).
     """
     m = module
     B, L, D = x.shape
@@ -552,6 +563,8 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
             bias = torch.zeros(k + len(loc), dtype=x.dtype, device=x.device)
             if m.dispatcher_bias == "count":
                 bias[:k] = math.log((len(S) + 1) / k)
+            elif m.dispatcher_bias == "items":   # no earlier item: the dispatchers are skipped
+                bias[:k] = math.log(len(S) / k) if S else -math.inf
             heads = []
             for h in range(H):
                 keys, vals = kp[:, h], vp[:, h]
