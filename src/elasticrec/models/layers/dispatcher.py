@@ -293,11 +293,9 @@ class DispatcherAttention(nn.Module):
     def local_kv_proj(self, x: torch.Tensor) -> torch.Tensor:
         return (self.disp_kv if self.local_kv is None else self.local_kv)(x)
 
-    def dispatcher_logit_bias(self, n_prev: torch.Tensor) -> torch.Tensor | None:
+    def dispatcher_logit_bias(self, n_prev: torch.Tensor) -> torch.Tensor:
         """Bias added to the dispatcher logits of positions whose earlier chunks hold ``n_prev``
-        valid items (any shape; float result of the same shape), or None without a bias."""
-        if self.dispatcher_bias == "none":
-            return None
+        valid items (any shape; float result of the same shape). Only for ``count`` / ``items``."""
         n = n_prev.to(torch.float32)
         if self.dispatcher_bias == "count":
             return torch.log((n + 1.0) / self.k)
@@ -357,7 +355,8 @@ class DispatcherAttention(nn.Module):
         # the memory reads only chunks holding a valid position: the dispatchers of padding-only
         # chunks are never attended to (their outputs are masked), so skipping them is exact.
         # ``keep`` (streaming prefill) needs them all: the next open chunk may hold no item yet.
-        P = self.finish_pack(P, None if keep else valid.view(B, n, C).any(dim=-1))  # [B,n,k,D]
+        counts = valid.view(B, n, C).sum(dim=-1)                              # items per chunk
+        P = self.finish_pack(P, None if keep else counts > 0)                # [B, n, k, D]
 
         # ---- distribute: joint softmax over the chunk's dispatchers and causal local positions
         q2 = self._heads(self.q(x).view(B, n, C, D)).transpose(1, 2)          # [B, H, n, C, dh]
@@ -365,9 +364,8 @@ class DispatcherAttention(nn.Module):
         kp = self._heads(kvp[..., :D]).transpose(1, 2)                        # [B, H, n, k, dh]
         vp = self._heads(kvp[..., D:]).transpose(1, 2)
         s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                      # [B, H, n, C, k]
-        counts = valid.view(B, n, C).sum(dim=-1)
-        bias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts)       # [B, n]
-        if bias is not None:
+        if self.dispatcher_bias != "none":                                  # items before chunk
+            bias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts)   # [B, n]
             s = s + bias.to(acc)[:, None, :, None, None]
         if self.use_local:
             kvl = self.local_kv_proj(x).view(B, n, C, 2 * D)
@@ -448,9 +446,8 @@ class DispatcherAttention(nn.Module):
         kp = kvp[..., :D].view(B, k, H, dh).transpose(1, 2)                 # [B, H, k, dh]
         vp = kvp[..., D:].view(B, k, H, dh).transpose(1, 2)
         s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                     # [B, H, 1, k]
-        bias = self.dispatcher_logit_bias(count - slot)                     # closed chunks' items
-        if bias is not None:
-            s = s + bias.to(acc)[:, None, None, None]
+        if self.dispatcher_bias != "none":                                  # closed chunks' items
+            s = s + self.dispatcher_logit_bias(count - slot).to(acc)[:, None, None, None]
         local = state.local_kv
         if self.use_local:
             local = local.clone()
