@@ -73,7 +73,9 @@ class ElasticConfig:
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR
     # where a block reads its memory: "dispatchers" (ELASTIC.md: each packed dispatcher queries it,
     # P <- P + PKM(P)) or "tokens" (every position's hidden state queries it after the FFN,
-    # x <- x + PKM(LN(x)), as in Lample et al.; works on histories shorter than one chunk)
+    # x <- x + PKM(LN(x)), as in Lample et al.; works on histories shorter than one chunk) or
+    # "queries" (ELASTIC.md's alternative: the memory chooses the dispatcher queries; chunk c's
+    # items are packed with Q_P + PKM(Q_P + mean input of chunk c-1))
     memory_site: str = "dispatchers"
     memory_n_keys: int = 256  # sub-keys per codebook: n_keys^2 slots
     memory_heads: int = 4
@@ -174,7 +176,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.score": ("dot", "cosine"),
     "model.elastic.chunk_align": ("end", "start"),
     "model.elastic.memory_query_norm": ("layernorm", "batchnorm", "none"),
-    "model.elastic.memory_site": ("dispatchers", "tokens"),
+    "model.elastic.memory_site": ("dispatchers", "tokens", "queries"),
     "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
     "train.loss": ("ce", "sampled", "bce"),

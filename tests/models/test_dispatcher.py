@@ -41,10 +41,11 @@ def _memory(kind: str | None):
 
 
 def _make(L, C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64,
-          bias="none"):
+          bias="none", query_memory=None):
     torch.manual_seed(seed)
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
-                            memory=_memory(memory), shared_local_kv=shared, dispatcher_bias=bias)
+                            memory=_memory(memory), shared_local_kv=shared, dispatcher_bias=bias,
+                            query_memory=_memory(query_memory))
     return _randomize(m, seed).to(dtype).eval()
 
 
@@ -65,10 +66,18 @@ BIAS_CASES = [  # log((N + 1) / k) ("count") or log(N / k) ("items") on the disp
 ]
 
 
-@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias",
-                         [c + ("none",) for c in CASES] + BIAS_CASES)
-def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared, bias):
-    m = _make(L, C, k, H, use_local, memory, shared, bias=bias)
+QUERY_CASES = [  # the memory chooses each chunk's aggregation queries (memory_site="queries")
+    (10, 4, 3, 2, True, None, False, "none", "pkm"),
+    (11, 3, 2, 1, False, None, False, "none", "linear"),
+    (13, 2, 3, 2, True, "linear", True, "items", "pkm"),   # with a dispatcher memory as well
+]
+
+
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias,qmem",
+                         [c + ("none", None) for c in CASES] + [c + (None,) for c in BIAS_CASES]
+                         + QUERY_CASES)
+def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared, bias, qmem):
+    m = _make(L, C, k, H, use_local, memory, shared, bias=bias, query_memory=qmem)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, 1, 0][:4]
     valid = left_valid(L, lengths)
@@ -93,6 +102,29 @@ def test_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shar
             assert b is None or torch.all(b == 0), name
             continue
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda s: f"{name}: {s}")
+
+
+def test_query_memory_moves_the_queries_from_the_previous_chunk():
+    """Q_c = Q_P + M(Q_P + s_{c-1}): a memory that outputs zero gives the fixed-query layer; a
+    non-zero one changes only positions whose earlier chunks hold items, and the queries of the
+    first chunk with items come from a zero summary whatever the padding before it."""
+    plain = _make(12, 4, 3, 2)
+    qm = _make(12, 4, 3, 2, query_memory="linear")
+    qm.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    valid = left_valid(12, [12, 7])
+    with torch.no_grad():
+        qm.query_memory.weight.zero_(); qm.query_memory.bias.zero_()
+    torch.testing.assert_close(qm(x, valid), plain(x, valid))
+    with torch.no_grad():
+        qm.query_memory.weight.normal_()
+    y, y0 = qm(x, valid), plain(x, valid)
+    torch.testing.assert_close(y[:, :4], y0[:, :4])             # chunk 0 sees no items packed
+    torch.testing.assert_close(y[1, :8], y0[1, :8])             # row 1: its items start at 5
+    assert not torch.allclose(y[0, 4:], y0[0, 4:])              # chunks 1, 2 read packed items
+    assert not torch.allclose(y[1, 8:], y0[1, 8:])
+    s = torch.zeros(D, dtype=torch.float64)
+    torch.testing.assert_close(qm.chunk_queries(s), qm.dispatchers + qm.query_memory(qm.dispatchers))
 
 
 def test_valid_none_means_all_valid():

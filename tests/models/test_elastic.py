@@ -19,7 +19,8 @@ def _model(memory=True, **ekw):
 
 LEAK_CASES = [(memory, site, bias, local)
               for memory, site, bias in [(False, "dispatchers", "none"), (True, "dispatchers", "none"),
-                                         (True, "tokens", "none"), (True, "dispatchers", "count")]
+                                         (True, "tokens", "none"), (True, "dispatchers", "count"),
+                                         (True, "queries", "none")]
               for local in (False, True)] + [(True, "dispatchers", "items", True)]  # needs local
 
 
@@ -37,7 +38,8 @@ def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local):
 
 
 @pytest.mark.parametrize("site,bias", [("dispatchers", "none"), ("tokens", "none"),
-                                       ("dispatchers", "count"), ("dispatchers", "items")])
+                                       ("dispatchers", "count"), ("dispatchers", "items"),
+                                       ("queries", "items")])
 def test_left_padding_and_batch_composition_invariance(site, bias):
     m = _model(True, memory_site=site, dispatcher_bias=bias)
     seq = torch.randint(1, 61, (1, 13))
@@ -52,7 +54,7 @@ def test_left_padding_and_batch_composition_invariance(site, bias):
     torch.testing.assert_close(m.encode(batch)[1:2, -13:], outs[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("site", ["dispatchers", "tokens"])
+@pytest.mark.parametrize("site", ["dispatchers", "tokens", "queries"])
 def test_memory_usage_reported_and_value_lr_group(site):
     m = _model(True, memory_value_lr=0.01, memory_site=site)
     items = torch.randint(1, 61, (4, 32))
@@ -64,6 +66,10 @@ def test_memory_usage_reported_and_value_lr_group(site):
         mem = m.blocks[-1].memory
         assert m.blocks[-1].attn.memory is None and list(m.memories) == ["1"]
         assert stats["memory1/hits"] == int((items > 0).sum()) * mem.heads * mem.topk
+    if site == "queries":  # k reads per chunk holding an item (12 + 3 * 32 items, chunks of 4)
+        mem = m.blocks[-1].attn.query_memory
+        assert m.blocks[-1].attn.memory is None and list(m.memories) == ["1"]
+        assert stats["memory1/hits"] == (3 + 3 * 8) * 4 * mem.heads * mem.topk
     groups = m.param_groups(1e-3, 0.0)
     assert any(g["lr"] == 0.01 for g in groups)
     n = sum(p.numel() for g in groups for p in g["params"])

@@ -36,14 +36,19 @@ def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def _mem(kind):
+    return {None: None, "linear": lambda: nn.Linear(D, D),
+            "pkm": lambda: ProductKeyMemory(D, n_keys=8, heads=2, topk=3, key_dim=4,
+                                            query_norm="layernorm")}[kind]
+
+
 def _layer(C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64,
-           bias="none"):
+           bias="none", query_memory=None):
     torch.manual_seed(seed)
-    mem = {None: None, "linear": nn.Linear(D, D),
-           "pkm": ProductKeyMemory(D, n_keys=8, heads=2, topk=3, key_dim=4, query_norm="layernorm")}[memory]
+    mem, qmem = _mem(memory), _mem(query_memory)
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
-                            memory=mem, shared_local_kv=shared, chunk_align="start",
-                            dispatcher_bias=bias)
+                            memory=mem and mem(), shared_local_kv=shared, chunk_align="start",
+                            dispatcher_bias=bias, query_memory=qmem and qmem())
     return _randomize(m, seed).to(dtype).eval()
 
 
@@ -60,12 +65,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias",
-                         [c + ("none",) for c in CASES] + [(10, 3, 4, 2, True, "pkm", False, "count"),
-                                                           (10, 3, 4, 2, True, None, False, "items")])
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias,qmem",
+                         [c + ("none", None) for c in CASES]
+                         + [(10, 3, 4, 2, True, "pkm", False, "count", None),
+                            (10, 3, 4, 2, True, None, False, "items", None),
+                            (11, 3, 3, 2, True, None, False, "none", "pkm")])
 def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared,
-                                                           bias):
-    m = _layer(C, k, H, use_local, memory, shared, bias=bias)
+                                                           bias, qmem):
+    m = _layer(C, k, H, use_local, memory, shared, bias=bias, query_memory=qmem)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, L - C - 1 if L - C - 1 > 0 else 1, 1, 0]
     valid = left_valid(L, lengths)
@@ -125,15 +132,18 @@ def test_bad_chunk_align_rejected():
         DispatcherAttention(D, chunk_align="middle")
 
 
-@pytest.mark.parametrize("C,use_local,memory,shared,bias", [(4, True, "linear", True, "none"),
-                                                          (3, False, "pkm", False, "none"),
-                                                          (1, True, None, False, "none"),
-                                                          (4, True, "pkm", False, "count"),
-                                                          (3, True, "linear", True, "items")])
-def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias):
+@pytest.mark.parametrize("C,use_local,memory,shared,bias,qmem",
+                         [(4, True, "linear", True, "none", None),
+                          (3, False, "pkm", False, "none", None),
+                          (1, True, None, False, "none", None),
+                          (4, True, "pkm", False, "count", None),
+                          (3, True, "linear", True, "items", None),
+                          (4, True, None, False, "none", "pkm"),
+                          (1, False, None, False, "none", "linear")])
+def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias, qmem):
     """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
     every position; stream_prefill's state == the streamed one; end alignment cannot stream."""
-    m = _layer(C, 3, 2, use_local, memory, shared, bias=bias)
+    m = _layer(C, 3, 2, use_local, memory, shared, bias=bias, query_memory=qmem)
     g = torch.Generator().manual_seed(6)
     L, lengths = 23, [23, 18, 0]
     valid = left_valid(L, lengths)
@@ -192,8 +202,9 @@ N_ITEMS = 50
 
 def _model(pos="learned-start", memory=True, use_local=True, C=4, k=3, max_len=16, align="start",
            dtype=torch.float64, n_layers=2, seed=0):
-    """``memory``: False, True (read by the dispatchers) or "tokens" (read by every position)."""
-    site = "tokens" if memory == "tokens" else "dispatchers"
+    """``memory``: False, True (read by the dispatchers), "tokens" (read by every position) or
+    "queries" (chooses the dispatcher queries)."""
+    site = memory if memory in ("tokens", "queries") else "dispatchers"
     e = ElasticConfig(n_dispatchers=k, chunk_size=C, memory=bool(memory), memory_n_keys=8,
                       memory_heads=2, memory_topk=3, memory_key_dim=8, chunk_align=align,
                       use_local=use_local, memory_site=site)
@@ -239,6 +250,7 @@ STREAM_CASES = [
     ("none", True, False, 5),
     ("none", False, True, 3),
     ("learned-start", "tokens", True, 4),
+    ("learned-start", "queries", True, 4),
     ("chunk", True, True, 4),
     ("chunk", False, False, 1),
 ]

@@ -3,7 +3,8 @@
 Embedding + learned positions + N pre-LN blocks (chunk-causal dispatcher attention, FFN) +
 final LayerNorm; scores by dot product with the shared item embedding table. Blocks listed in
 ``elastic.memory_layers`` add a product-key interest memory, read by their packed dispatchers
-(``memory_site="dispatchers"``, ELASTIC.md) or by every position after the FFN (``"tokens"``).
+(``memory_site="dispatchers"``, ELASTIC.md), by every position after the FFN (``"tokens"``), or
+used to choose each chunk's dispatcher queries from the previous chunk (``"queries"``).
 Cost is linear in L: O(L*k*d + L*C*d) per layer, no L x L tensor.
 
 Streaming (serving): with ``elastic.chunk_align="start"`` and a streaming-compatible position
@@ -37,17 +38,24 @@ from elasticrec.models.layers.pkm import ProductKeyMemory
 
 class ElasticBlock(nn.Module):
     """Pre-LN block: dispatcher attention, FFN and, with ``memory_site="tokens"``, a per-position
-    interest-memory read (``memory_site="dispatchers"`` puts the memory inside the attention)."""
+    interest-memory read (``"dispatchers"`` puts the memory inside the attention, on the packed
+    dispatchers; ``"queries"`` lets it choose the dispatchers' aggregation queries)."""
 
     def __init__(self, cfg: ModelConfig, memory: nn.Module | None):
         super().__init__()
         d, e = cfg.d_model, cfg.elastic
-        on_tokens = memory is not None and e.memory_site == "tokens"
+        if e.memory_site not in MEMORY_SITES:
+            raise ValueError(f"elastic.memory_site must be one of {MEMORY_SITES}, "
+                             f"got {e.memory_site!r}")
+        site = e.memory_site if memory is not None else None
+        on_tokens = site == "tokens"
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = DispatcherAttention(d, cfg.n_heads, e.n_dispatchers, e.chunk_size, cfg.dropout,
-                                        use_local=e.use_local, memory=None if on_tokens else memory,
+                                        use_local=e.use_local,
+                                        memory=memory if site == "dispatchers" else None,
                                         chunk_align=e.chunk_align,
-                                        dispatcher_bias=e.dispatcher_bias)
+                                        dispatcher_bias=e.dispatcher_bias,
+                                        query_memory=memory if site == "queries" else None)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
         self.memory = memory if on_tokens else None
@@ -64,6 +72,9 @@ class ElasticBlock(nn.Module):
             return x
         return residual_at(x, valid, lambda h: self.drop(self.memory(self.norm3(h))))
 
+
+# where a block's interest memory is read (see ElasticConfig.memory_site)
+MEMORY_SITES = ("dispatchers", "tokens", "queries")
 
 # position encodings whose value for an item never changes when later items arrive
 STREAMING_POS_ENCODINGS = ("none", "learned-start", "chunk")
@@ -171,8 +182,12 @@ class Elastic(SequentialRecommender):
     @property
     def memories(self) -> dict[str, ProductKeyMemory]:
         """Interest memories by block index (in the block's attention, or the block itself)."""
-        mems = {str(i): b.attn.memory if b.memory is None else b.memory for i, b in enumerate(self.blocks)}
-        return {k: m for k, m in mems.items() if m is not None}
+        out = {}
+        for i, b in enumerate(self.blocks):
+            found = [m for m in (b.memory, b.attn.memory, b.attn.query_memory) if m is not None]
+            if found:
+                out[str(i)] = found[0]
+        return out
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         x, valid = self.embed(items)

@@ -50,6 +50,16 @@ empty-history entry weighs nothing, so a position with no earlier chunk (``N = 0
 own chunk only, as exact causal attention would (needs ``use_local``; the bias is then ``-1e4``,
 which is an exact zero weight in fp32). Both are parameter-free and streaming-exact.
 
+*Memory-chosen queries* (``query_memory``, [ours]; ELASTIC.md's alternative IMR placement, "the
+memory chooses each user's k dispatcher queries"): the items of chunk ``c`` are aggregated with
+queries ``Q_c = Q_P + M(Q_P + s_{c-1})`` [k, D] instead of the fixed ``Q_P``, where ``s_{c-1}`` is
+the mean layer input over the valid positions of chunk ``c - 1`` (zero for a first chunk or one
+after padding only) and ``M`` the memory: each dispatcher asks the memory which interest to look
+for, given the user's latest chunk. Chunk ``c``'s items reach only later chunks and ``Q_c`` depends
+on chunk ``c - 1`` only, so causality holds; the scan is unchanged (each chunk's partial state uses
+its own queries), so it stays exact and linear, and streaming keeps the open chunk's queries and
+the running sum of its inputs (``O(k d + d)`` more per layer).
+
 Cost ``O(L k d + L C d)`` time and ``O(L/C k d + L C)`` extra memory: no L x L tensor anywhere
 (the scan's rescaling factors ``exp(m - M)`` are constants because the running max is detached,
 so backward keeps only ``O(L/C k log(L/C))`` scalars for it, not the ``d``-wide states).
@@ -193,13 +203,16 @@ class StreamState(NamedTuple):
     completed chunks (incl. the empty-history entry) and of the open chunk's items;
     ``disp_kv`` [B, k, 2D]: keys | values of the open chunk's dispatchers; ``local_kv``
     [B, C, 2D] (None without local attention): local keys | values of the open chunk's slots
-    (slot ``count % C`` is written by event number ``count``; slots not yet written are zero).
+    (slot ``count % C`` is written by event number ``count``; slots not yet written are zero);
+    ``queries`` / ``xsum``: only with a ``query_memory`` (None otherwise).
     """
 
     closed: LSEState
     open: LSEState
     disp_kv: torch.Tensor
     local_kv: torch.Tensor | None
+    queries: torch.Tensor | None = None  # [B, H, k, d_h] (acc.): the open chunk's query_memory
+    xsum: torch.Tensor | None = None     # [B, D] (acc.): sum of the open chunk's inputs (ditto)
 
 
 def _shift_to_front(t: torch.Tensor, first: torch.Tensor, length: int, fill) -> torch.Tensor:
@@ -227,7 +240,8 @@ class DispatcherAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 1, n_dispatchers: int = 16,
                  chunk_size: int = 64, dropout: float = 0.0, use_local: bool = True,
                  memory: nn.Module | None = None, shared_local_kv: bool = False,
-                 chunk_align: str = "end", dispatcher_bias: str = "none"):
+                 chunk_align: str = "end", dispatcher_bias: str = "none",
+                 query_memory: nn.Module | None = None):
         super().__init__()
         if chunk_align not in CHUNK_ALIGNS:
             raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
@@ -255,6 +269,7 @@ class DispatcherAttention(nn.Module):
         self.empty_value = nn.Parameter(torch.empty(n_heads, n_dispatchers, self.dh))
         self.pack_out = nn.Linear(d_model, d_model)
         self.memory = memory
+        self.query_memory = query_memory     # chooses each chunk's aggregation queries
         # distribute
         self.q = nn.Linear(d_model, d_model)                                   # Wq2
         self.disp_kv = nn.Linear(d_model, 2 * d_model)                         # Wk2, Wv2
@@ -285,6 +300,18 @@ class DispatcherAttention(nn.Module):
     def dispatcher_queries(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Q_P as [H, k, d_h] in the accumulation dtype."""
         return self.dispatchers.to(dtype).view(self.k, self.h, self.dh).transpose(0, 1)
+
+    def chunk_queries(self, summary: torch.Tensor, rows: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Aggregation queries ``Q_P + M(Q_P + s)`` [..., k, D] chosen by the query memory ``M``
+        from chunk summaries ``s`` [..., D] (the previous chunk's mean input). ``rows`` (bool,
+        ``summary.shape[:-1]``) limits the memory lookups; the other rows get ``Q_P``."""
+        qp = self.dispatchers.to(summary.dtype)
+        u = qp + summary[..., None, :]
+        if rows is None:
+            return qp + self.query_memory(u)
+        idx = rows.nonzero(as_tuple=True)
+        return qp.expand_as(u).index_put(idx, qp + self.query_memory(u[idx]))
 
     def initial_state(self, dtype: torch.dtype = torch.float32) -> LSEState:
         """The empty-history state, [H, k] / [H, k, d_h], in the accumulation dtype."""
@@ -342,11 +369,22 @@ class DispatcherAttention(nn.Module):
         acc = accumulation_dtype(x.dtype)
 
         # ---- aggregate: packed dispatchers per chunk, exclusive by chunk (fp32 accumulation)
+        counts = valid.view(B, n, C).sum(dim=-1)                              # items per chunk
         kv1 = self.agg_kv(x).view(B, n, C, 2 * D)
         k1, v1 = self._heads(kv1[..., :D]), self._heads(kv1[..., D:])   # [B, n, H, C, dh]
+        if self.query_memory is not None:   # chunk c's queries from chunk c-1's mean input
+            sums = (x.to(acc) * valid[..., None]).view(B, n, C, D).sum(dim=2)    # [B, n, D]
+            mean = (sums / counts.clamp(min=1)[..., None]).to(x.dtype)
+            prev = torch.cat((torch.zeros_like(mean[:, :1]), mean[:, :-1]), dim=1)
+            qc = self._heads(self.chunk_queries(prev, None if keep else counts > 0))
+            qc = qc.transpose(1, 2)                                           # [B, H, n, k, dh]
         with torch.autocast(device_type=x.device.type, enabled=False):
             k1, v1 = k1.transpose(1, 2).to(acc), v1.transpose(1, 2).to(acc)  # [B, H, n, C, dh]
-            scores = torch.einsum("bhncd,hkd->bhnkc", k1, self.dispatcher_queries(acc)) * scale
+            if self.query_memory is None:
+                scores = torch.einsum("bhncd,hkd->bhnkc", k1, self.dispatcher_queries(acc))
+            else:
+                scores = torch.einsum("bhncd,bhnkd->bhnkc", k1, qc.to(acc))
+            scores = scores * scale
             part = chunk_partials(scores, v1, vmask, p_drop, self.training)  # [B, H, n, k(, dh)]
             init = LSEState(*(t.unsqueeze(1)[None] for t in self.initial_state(acc)))
             states = exclusive_chunk_states(part, init, dim=2)
@@ -355,7 +393,6 @@ class DispatcherAttention(nn.Module):
         # the memory reads only chunks holding a valid position: the dispatchers of padding-only
         # chunks are never attended to (their outputs are masked), so skipping them is exact.
         # ``keep`` (streaming prefill) needs them all: the next open chunk may hold no item yet.
-        counts = valid.view(B, n, C).sum(dim=-1)                              # items per chunk
         P = self.finish_pack(P, None if keep else counts > 0)                # [B, n, k, D]
 
         # ---- distribute: joint softmax over the chunk's dispatchers and causal local positions
@@ -387,7 +424,9 @@ class DispatcherAttention(nn.Module):
         if not keep:
             return y, None
         return y, {"part": part, "states": states, "kvp": kvp,
-                   "kvl": kvl if self.use_local else None}
+                   "kvl": kvl if self.use_local else None,
+                   "queries": None if self.query_memory is None else qc.to(acc),
+                   "sums": None if self.query_memory is None else sums}
 
 
     # ---------------------------------------------------------------- streaming (eval only)
@@ -420,7 +459,13 @@ class DispatcherAttention(nn.Module):
         kv = self._pack_kv(LSEState(*(t.to(device) for t in init)), dtype)
         local = (torch.zeros(B, self.C, 2 * D, dtype=dtype, device=device)
                  if self.use_local else None)
-        return StreamState(closed, empty, kv[None].expand(B, k, 2 * D).clone(), local)
+        queries = xsum = None
+        if self.query_memory is not None:   # first chunk: no previous chunk, summary zero
+            q0 = self._heads(self.chunk_queries(torch.zeros(D, dtype=dtype, device=device)))
+            queries = q0.to(acc)[None].expand(B, H, k, dh).clone()
+            xsum = torch.zeros(B, D, dtype=acc, device=device)
+        return StreamState(closed, empty, kv[None].expand(B, k, 2 * D).clone(), local,
+                           queries, xsum)
 
     def stream_step(self, state: StreamState, x: torch.Tensor, count: torch.Tensor
                     ) -> tuple[torch.Tensor, StreamState]:
@@ -437,7 +482,10 @@ class DispatcherAttention(nn.Module):
         kv1 = self.agg_kv(x)
         k1 = kv1[:, :D].view(B, H, dh).to(acc)
         v1 = kv1[:, D:].view(B, H, 1, dh).to(acc)
-        score = torch.einsum("bhd,hkd->bhk", k1, self.dispatcher_queries(acc)) * scale
+        if state.queries is None:
+            score = torch.einsum("bhd,hkd->bhk", k1, self.dispatcher_queries(acc)) * scale
+        else:
+            score = torch.einsum("bhd,bhkd->bhk", k1, state.queries) * scale
         entry = LSEState(score, v1.expand(B, H, k, dh), torch.ones_like(score))
         opened = combine_states(state.open, entry)
         # distribute: joint softmax over the open chunk's dispatchers and its slots 0..slot
@@ -464,6 +512,7 @@ class DispatcherAttention(nn.Module):
         y = self.out(y.reshape(B, D))
         # close the chunk of rows whose event filled it: fold, repack (memory lookup) only those
         closed, disp_kv = state.closed, kvp
+        queries, xsum = state.queries, None if state.xsum is None else state.xsum + x.to(acc)
         close = slot == C - 1
         if bool(close.any()):
             folded = combine_states(closed, opened)
@@ -478,7 +527,11 @@ class DispatcherAttention(nn.Module):
             disp_kv[idx] = self._pack_kv(LSEState(*(t[idx] for t in closed)), kvp.dtype)
             if local is not None:
                 local = local.masked_fill(close[:, None, None], 0.0)
-        return y, StreamState(closed, opened, disp_kv, local)
+            if queries is not None:   # the next chunk's queries, from this chunk's mean input
+                queries = queries.clone()
+                queries[idx] = self._heads(self.chunk_queries((xsum[idx] / C).to(x.dtype))).to(acc)
+                xsum = xsum.masked_fill(close[:, None], 0.0)
+        return y, StreamState(closed, opened, disp_kv, local, queries, xsum)
 
     def stream_prefill(self, x: torch.Tensor, valid: torch.Tensor
                        ) -> tuple[torch.Tensor, StreamState]:
@@ -503,7 +556,10 @@ class DispatcherAttention(nn.Module):
         if self.use_local:   # slots of the open chunk not yet written are zero, as in streaming
             unused = torch.arange(C, device=x.device)[None, :] >= (count % C)[:, None]
             local = ex["kvl"][rows, c].masked_fill(unused[..., None], 0.0)
-        return y, StreamState(closed, opened, ex["kvp"][rows, c].clone(), local)
+        queries = xsum = None
+        if self.query_memory is not None:
+            queries, xsum = ex["queries"][rows, :, c], ex["sums"][rows, c]
+        return y, StreamState(closed, opened, ex["kvp"][rows, c].clone(), local, queries, xsum)
 
 
 def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
@@ -513,7 +569,8 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     For each row b and valid position t: aggregate every dispatcher with a plain softmax over the
     empty-history entry plus the valid positions of chunks strictly before t's chunk (chunks
     aligned to the end of the window, or with ``chunk_align="start"`` to the row's first valid
-    item), apply the output projection and memory, then attend in one
+    item; with a ``query_memory``, each position scored with the queries its chunk gets from the
+    previous chunk's mean input), apply the output projection and memory, then attend in one
     softmax to those k dispatchers plus the valid positions of t's own chunk up to t (with
     ``dispatcher_bias="count"``, ``log((|S| + 1) / k)`` is added to the k dispatcher logits, ``|S|``
     the number of aggregated positions; with ``"items"``, ``log(|S| / k)``, i.e. no dispatchers
@@ -541,6 +598,12 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     rows = []
     for b in range(B):
         chunk = chunks[b]
+        qc = {}   # query_memory: chunk -> its queries [k, H, dh], from the previous chunk's mean
+        if m.query_memory is not None:
+            for c in set(chunk):
+                prev = [s for s in range(L) if bool(valid[b, s]) and chunk[s] == c - 1]
+                mean = x[b, prev].mean(dim=0) if prev else x.new_zeros(D)
+                qc[c] = m.chunk_queries(mean).view(k, H, dh)
         outs = []
         for t in range(L):
             if not bool(valid[b, t]):
@@ -549,8 +612,12 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
             S = [s for s in range(L) if bool(valid[b, s]) and chunk[s] < chunk[t]]
             heads = []
             for h in range(H):
-                logits = torch.cat([m.empty_logit[h][:, None],                      # [k, 1]
-                                    (qp[:, h] @ k1[b, S, h].T) * scale], dim=1)     # [k, 1+|S|]
+                if m.query_memory is None:
+                    lg = qp[:, h] @ k1[b, S, h].T                                   # [k, |S|]
+                else:   # each position is scored with the queries of its own chunk
+                    lg = torch.stack([qc[chunk[s]][:, h] @ k1[b, s, h] for s in S], dim=1) \
+                        if S else x.new_zeros(k, 0)
+                logits = torch.cat([m.empty_logit[h][:, None], lg * scale], dim=1)  # [k, 1+|S|]
                 w = torch.softmax(logits, dim=1)
                 heads.append(w[:, :1] * m.empty_value[h] + w[:, 1:] @ v1[b, S, h])  # [k, dh]
             P = m.finish_pack(torch.stack(heads, dim=1).reshape(k, D))             # [k, D]
