@@ -78,3 +78,9 @@ def test_memory_usage_reported_and_value_lr_group(site):
 
 def test_memory_off_has_no_memory():
     assert not list(_model(False).memories)
+
+
+@pytest.mark.parametrize("field,value", [("memory_site", "everywhere"), ("chunk_align", "middle")])
+def test_bad_elastic_choice_rejected_even_for_configs_built_in_code(field, value):
+    with pytest.raises(ValueError, match=f"elastic.{field} must be one of"):
+        _model(True, **{field: value})

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from elasticrec.config import ModelConfig
+from elasticrec.config import CHOICES, ModelConfig
 from elasticrec.models.base import SequentialRecommender, register_model
 from elasticrec.models.layers.common import (ChunkPositions, FeedForward, LearnedPositions,
                                              StartPositions, first_valid_index, residual_at)
@@ -44,9 +44,6 @@ class ElasticBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, memory: nn.Module | None):
         super().__init__()
         d, e = cfg.d_model, cfg.elastic
-        if e.memory_site not in MEMORY_SITES:
-            raise ValueError(f"elastic.memory_site must be one of {MEMORY_SITES}, "
-                             f"got {e.memory_site!r}")
         site = e.memory_site if memory is not None else None
         on_tokens = site == "tokens"
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
@@ -72,9 +69,6 @@ class ElasticBlock(nn.Module):
             return x
         return residual_at(x, valid, lambda h: self.drop(self.memory(self.norm3(h))))
 
-
-# where a block's interest memory is read (see ElasticConfig.memory_site)
-MEMORY_SITES = ("dispatchers", "tokens", "queries")
 
 # position encodings whose value for an item never changes when later items arrive
 STREAMING_POS_ENCODINGS = ("none", "learned-start", "chunk")
@@ -157,8 +151,11 @@ class Elastic(SequentialRecommender):
     def __init__(self, cfg: ModelConfig, n_items: int):
         super().__init__(cfg, n_items)
         d, e = cfg.d_model, cfg.elastic
-        if e.chunk_align not in ("end", "start"):
-            raise ValueError(f"elastic.chunk_align must be 'end' or 'start', got {e.chunk_align!r}")
+        for name in ("chunk_align", "memory_site"):   # also for configs built in code
+            allowed = CHOICES[f"model.elastic.{name}"]
+            if getattr(e, name) not in allowed:
+                raise ValueError(f"elastic.{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(e, name)!r}")
         self._build_input(("learned", "learned-start", "chunk", "none"))
         mem_layers = {i % cfg.n_layers for i in e.memory_layers} if e.memory else set()
         self.blocks = nn.ModuleList(
