@@ -137,6 +137,8 @@ class TrainConfig:
     n_negatives: int = 256  # uniform negatives per batch for the sampled softmax
     in_batch_negatives: bool = True
     temperature: float = 1.0
+    ce_impl: str = "chunked"  # chunked (row blocks, no full logits matrix) | plain (F.cross_entropy)
+    ce_chunk_rows: int = 0  # rows per block for ce_impl=chunked; 0 = about 4M logits (CPU) / 64M (GPU)
     logq: bool = False  # logQ correction for in-batch (popularity-sampled) negatives
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -180,6 +182,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
     "train.loss": ("ce", "sampled", "bce"),
+    "train.ce_impl": ("chunked", "plain"),
     "train.amp": ("auto", "bf16", "off"),
     "eval.protocol": ("full", "sampled"),
     "eval.negative_sampling": ("popularity", "uniform"),

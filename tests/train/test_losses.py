@@ -22,15 +22,16 @@ class _Emb(torch.nn.Module):
         return h
 
 
+@pytest.mark.parametrize("impl,rows", [("plain", 0), ("chunked", 0), ("chunked", 4), ("chunked", 1)])
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_full_softmax_ce_equals_reference_over_all_real_items(temperature):
+def test_full_softmax_ce_equals_reference_over_all_real_items(temperature, impl, rows):
     """ce = softmax over items 1..n (the padding row 0 is never a class), mean over target > 0."""
     torch.manual_seed(0)
     model = _Emb(37, 8)
     h = torch.randn(3, 5, 8, requires_grad=True)
     targets = torch.randint(1, 38, (3, 5))
     targets[0, :2] = 0  # padding positions are ignored
-    cfg = TrainConfig(loss="ce", temperature=temperature)
+    cfg = TrainConfig(loss="ce", temperature=temperature, ce_impl=impl, ce_chunk_rows=rows)
     got = next_item_loss(model, h, targets, cfg)
     g_h, g_e = torch.autograd.grad(got, [h, model.item_emb.weight])
 
@@ -68,3 +69,47 @@ def test_ce_with_cosine_scores_equals_reference():
         torch.manual_seed(1)
         b = next_item_loss(model, 3.0 * h, targets, TrainConfig(loss=loss, n_negatives=8))
         assert a.item() == pytest.approx(b.item(), rel=1e-5)
+
+
+def test_chunked_ce_sum_no_grad_and_second_use_of_inputs():
+    """reduction="sum", inputs that need no gradient (evaluation), and inputs that also feed
+    another term of the loss: the block-wise CE composes with autograd like F.cross_entropy."""
+    from elasticrec.train.losses import chunked_linear_ce
+
+    torch.manual_seed(1)
+    h = torch.randn(13, 6, requires_grad=True)
+    w = torch.randn(29, 6, requires_grad=True)
+    t = torch.randint(0, 29, (13,))
+    with torch.no_grad():
+        assert chunked_linear_ce(h, w, t, 2.0, rows=5).item() == pytest.approx(
+            F.cross_entropy(2.0 * h @ w.t(), t, reduction="sum").item(), rel=1e-6)
+    got = chunked_linear_ce(h, w, t, 2.0, rows=5) * 0.3 + (h ** 2).sum() + w.sum()
+    ref = F.cross_entropy(2.0 * h @ w.t(), t, reduction="sum") * 0.3 + (h ** 2).sum() + w.sum()
+    for a, b in zip(torch.autograd.grad(got, [h, w]), torch.autograd.grad(ref, [h, w])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # only one input needs a gradient
+    w2 = w.detach()
+    g, = torch.autograd.grad(chunked_linear_ce(h, w2, t, rows=4), [h])
+    r, = torch.autograd.grad(F.cross_entropy(h @ w2.t(), t, reduction="sum"), [h])
+    torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_ce_under_bf16_autocast_matches_fp32_reference():
+    """Under autocast the block matmuls run in bf16, softmax statistics and the loss in fp32; the
+    gradients come back in the inputs' dtypes, within bf16 tolerance of the fp32 reference."""
+    from elasticrec.train.losses import chunked_linear_ce
+
+    torch.manual_seed(2)
+    h = torch.randn(40, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_linear_ce(h, w, t, 0.5, rows=16)
+    assert got.dtype == torch.float32
+    g_h, g_w = torch.autograd.grad(got, [h, w])
+    assert g_h.dtype == g_w.dtype == torch.float32
+    ref = F.cross_entropy(0.5 * h @ w.t(), t, reduction="sum")
+    r_h, r_w = torch.autograd.grad(ref, [h, w])
+    assert got.item() == pytest.approx(ref.item(), rel=2e-2)
+    torch.testing.assert_close(g_h, r_h, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(g_w, r_w, rtol=5e-2, atol=5e-2)

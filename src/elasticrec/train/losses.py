@@ -1,6 +1,9 @@
 """Next-item losses over all valid positions (target 0 = padding, ignored).
 
-- ``ce``: full softmax cross-entropy over the whole catalogue.
+- ``ce``: full softmax cross-entropy over the whole catalogue. By default (``ce_impl="chunked"``)
+  it never materialises the [N, n_items] logits: :class:`ChunkedLinearCE` scores a block of rows
+  at a time and computes its gradients in the same pass; ``ce_impl="plain"`` is the
+  ``F.cross_entropy`` reference it is tested against.
 - ``sampled``: sampled softmax; negatives = other positions' targets in the batch (in-batch)
   plus ``n_negatives`` uniform items, shared by all positions; accidental hits are masked;
   optional logQ correction for the popularity-biased in-batch negatives; temperature.
@@ -27,6 +30,9 @@ def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
     if cfg.loss == "ce":
         # item 0 is padding, never a class: score items 1..n only (no -inf column to write and
         # copy back in the backward pass, no division when the temperature is 1)
+        if cfg.ce_impl == "chunked":
+            total = chunked_linear_ce(h, emb[1:], t - 1, 1.0 / cfg.temperature, cfg.ce_chunk_rows)
+            return total / t.numel() if reduction == "mean" else total
         logits = (h @ emb[1:].t()).float()
         if cfg.temperature != 1.0:
             logits = logits / cfg.temperature
@@ -61,3 +67,63 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
     neg_logit = neg_logit.masked_fill(neg[None] == t[:, None], float("-inf"))  # accidental hits
     logits = torch.cat([pos_logit, neg_logit], 1) / cfg.temperature
     return F.cross_entropy(logits, torch.zeros_like(t), reduction=reduction)
+
+
+class ChunkedLinearCE(torch.autograd.Function):
+    """Summed cross-entropy of ``scale * h @ w.T`` against class ids ``t``, a block of rows at a time.
+
+    The forward pass computes each block's logits (fp32 softmax statistics), its loss and, when
+    a gradient is needed, its gradients: d logits = scale * (softmax - onehot), then
+    d h = d logits @ w and d w += d logits.T @ h. Peak extra memory is one block of logits
+    instead of the whole [N, V] matrix and its softmax and gradient copies; on CPU it is also
+    about 3x faster than ``F.cross_entropy`` on the full logits. The backward pass only scales
+    the stored gradients by the incoming one.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, t, scale: float, rows: int):
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        gh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if grads else None
+        gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if grads else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        with torch.no_grad():
+            for s in range(0, h.shape[0], rows):
+                hc, tc = h[s:s + rows], t[s:s + rows]
+                logits = (hc @ w.t()).float()
+                if scale != 1.0:
+                    logits.mul_(scale)
+                lse = torch.logsumexp(logits, -1)
+                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                if not grads:
+                    continue
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                p[torch.arange(len(tc), device=tc.device), tc] -= 1.0
+                if scale != 1.0:
+                    p.mul_(scale)
+                gh[s:s + rows] = p.to(w.dtype) @ w if p.dtype != w.dtype else p @ w
+                gw += (p.t().to(hc.dtype) @ hc).float()
+        ctx.dtypes = (h.dtype, w.dtype)
+        ctx.save_for_backward(gh, gw)
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw = ctx.saved_tensors
+        dh, dw = ctx.dtypes
+        return ((gh * g).to(dh) if ctx.needs_input_grad[0] else None,
+                (gw * g).to(dw) if ctx.needs_input_grad[1] else None, None, None, None)
+
+
+def ce_block_rows(n_classes: int, device: torch.device, rows: int = 0) -> int:
+    """Rows per block of :class:`ChunkedLinearCE`: ``rows`` if > 0, else about 4M logits per
+    block on CPU (the fastest setting measured on 2 cores) and 64M on an accelerator."""
+    if rows > 0:
+        return rows
+    budget = 2**22 if device.type == "cpu" else 2**26
+    return max(64, budget // max(1, n_classes))
+
+
+def chunked_linear_ce(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, scale: float = 1.0,
+                      rows: int = 0) -> torch.Tensor:
+    """``F.cross_entropy(scale * h @ w.T, t, reduction="sum")`` without the full logits matrix."""
+    return ChunkedLinearCE.apply(h, w, t, float(scale), ce_block_rows(w.shape[0], h.device, rows))
