@@ -33,3 +33,18 @@ def test_cli_options_exist(script):
     # options of other programs the scripts call (torchrun, collect_runs, nvidia-smi, tar)
     other = {"--standalone", "--nproc_per_node", "--json", "--query-gpu", "--format", "--exclude"}
     assert used - other <= known, sorted(used - other - known)
+
+
+def test_ce_loss_benchmark_writes_its_table(tmp_path):
+    """benchmarks/ce_loss.py on tiny shapes: both implementations run and the table is written."""
+    import json
+    import sys
+
+    out = tmp_path / "ce"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ce_loss.py"), "--out", str(out),
+                    "--shapes", "64:50,33:7", "--repeats", "1", "--threads", "1"], check=True,
+                   capture_output=True)
+    rows = json.loads((out.with_suffix(".json")).read_text())["rows"]
+    assert [(r["tokens"], r["items"]) for r in rows] == [(64, 50), (33, 7)]
+    assert all("time_s" in r[i] for r in rows for i in ("plain", "chunked"))
+    assert "| 64 x 50 | 64 | 50 |" in (out.with_suffix(".md")).read_text()
