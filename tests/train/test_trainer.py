@@ -158,3 +158,16 @@ def test_cosine_scores_train_and_learn(cyclic_data, tmp_path):
     cfg = merge(small_cfg(tmp_path, temperature=0.05), {"model": {"score": "cosine"}})
     res = Trainer(cfg, data=cyclic_data).fit()
     assert res["HR@10"] > 0.6, res
+
+
+def test_chunked_and_plain_ce_train_the_same_model(cyclic_data, tmp_path):
+    """The block-wise CE (default) and F.cross_entropy give the same training run: two epochs of
+    the trainer, ELASTIC, end with the same weights to float tolerance."""
+    weights = []
+    for impl, rows in (("plain", 0), ("chunked", 7)):
+        cfg = small_cfg(tmp_path / impl, epochs=2, ce_impl=impl, ce_chunk_rows=rows)
+        cfg = merge(cfg, {"model": {"name": "elastic", "elastic": {"chunk_size": 4, "n_dispatchers": 3}}})
+        tr = Trainer(cfg, data=cyclic_data)
+        tr.fit()
+        weights.append(torch.cat([p.detach().flatten() for p in tr.model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-5)
