@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from elasticrec.config import TrainConfig
 
@@ -107,6 +108,7 @@ class ChunkedLinearCE(torch.autograd.Function):
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         gh, gw = ctx.saved_tensors
         dh, dw = ctx.dtypes
