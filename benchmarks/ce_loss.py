@@ -101,11 +101,16 @@ def main() -> None:
     def fmt(r, key, f):
         return f(r[key]) if key in r else r.get("error", "?")
 
-    machine = (f"{platform.processor() or platform.machine()}, {a.threads} threads, PyTorch "
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    machine = (f"{cpu}, {a.threads} thread(s), PyTorch "
                f"{torch.__version__}, Python {platform.python_version()}, fp32, d=64")
     lines = [
         "# Full-softmax cross-entropy: block-wise vs whole logits matrix (CPU)", "",
-        f"Machine: {machine}. Command: `python benchmarks/ce_loss.py --out {a.out}`.", "",
+        f"Machine: {machine}. Command: `python benchmarks/ce_loss.py --out {a.out} --threads {a.threads}`.", "",
         "Forward + backward of the training loss for one batch (minimum of "
         f"{a.repeats}); extra peak = peak resident memory minus memory after building the inputs, "
         "each cell in its own process.", "",
