@@ -101,12 +101,9 @@ def main() -> None:
     def fmt(r, key, f):
         return f(r[key]) if key in r else r.get("error", "?")
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    machine = (f"{cpu}, {a.threads} thread(s), PyTorch "
+    from elasticrec.bench.efficiency import machine_info
+
+    machine = (f"{machine_info('cpu')['cpu']}, {a.threads} thread(s), PyTorch "
                f"{torch.__version__}, Python {platform.python_version()}, fp32, d=64")
     lines = [
         "# Full-softmax cross-entropy: block-wise vs whole logits matrix (CPU)", "",
