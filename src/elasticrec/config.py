@@ -69,6 +69,10 @@ class ElasticConfig:
     # the k empty-history dispatchers weigh one item, not k); "items": log(N / k), so a position
     # with no earlier chunk attends to its own chunk only (needs use_local); "none": plain logits
     dispatcher_bias: str = "none"
+    # [ours], after HSTU: a learned per-head bias by distance t - s on the local-chunk logits
+    # (zero at init; needs use_local), and SiLU(x W_u) gating of the attention output before Wo
+    local_position_bias: bool = False
+    output_gate: bool = False
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR
     # where a block reads its memory: "dispatchers" (ELASTIC.md: each packed dispatcher queries it,

@@ -22,11 +22,14 @@ LEAK_CASES = [(memory, site, bias, local)
                                          (True, "tokens", "none"), (True, "dispatchers", "count"),
                                          (True, "queries", "none")]
               for local in (False, True)] + [(True, "dispatchers", "items", True)]  # needs local
+HSTU_LIKE = {"local_position_bias": True, "output_gate": True}   # both need no more than local
+LEAK_CASES = [c + ({},) for c in LEAK_CASES] + [(True, "dispatchers", "items", True, HSTU_LIKE),
+                                                (False, "dispatchers", "none", True, HSTU_LIKE)]
 
 
-@pytest.mark.parametrize("memory,site,bias,use_local", LEAK_CASES)
-def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local):
-    m = _model(memory, use_local=use_local, memory_site=site, dispatcher_bias=bias)
+@pytest.mark.parametrize("memory,site,bias,use_local,extra", LEAK_CASES)
+def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local, extra):
+    m = _model(memory, use_local=use_local, memory_site=site, dispatcher_bias=bias, **extra)
     items = torch.randint(1, 61, (3, 30))
     items[1, :7] = 0
     for t in (2, 11, 20):
@@ -37,11 +40,12 @@ def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local):
     assert_no_gradient_from_future(m, items, t=14)
 
 
-@pytest.mark.parametrize("site,bias", [("dispatchers", "none"), ("tokens", "none"),
-                                       ("dispatchers", "count"), ("dispatchers", "items"),
-                                       ("queries", "items")])
-def test_left_padding_and_batch_composition_invariance(site, bias):
-    m = _model(True, memory_site=site, dispatcher_bias=bias)
+@pytest.mark.parametrize("site,bias,extra", [("dispatchers", "none", {}), ("tokens", "none", {}),
+                                             ("dispatchers", "count", {}),
+                                             ("dispatchers", "items", {}), ("queries", "items", {}),
+                                             ("dispatchers", "items", HSTU_LIKE)])
+def test_left_padding_and_batch_composition_invariance(site, bias, extra):
+    m = _model(True, memory_site=site, dispatcher_bias=bias, **extra)
     seq = torch.randint(1, 61, (1, 13))
     outs = []
     for pad in (0, 5, 19):

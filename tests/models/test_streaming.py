@@ -43,12 +43,12 @@ def _mem(kind):
 
 
 def _layer(C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=torch.float64,
-           bias="none", query_memory=None):
+           bias="none", query_memory=None, **kw):
     torch.manual_seed(seed)
     mem, qmem = _mem(memory), _mem(query_memory)
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
                             memory=mem and mem(), shared_local_kv=shared, chunk_align="start",
-                            dispatcher_bias=bias, query_memory=qmem and qmem())
+                            dispatcher_bias=bias, query_memory=qmem and qmem(), **kw)
     return _randomize(m, seed).to(dtype).eval()
 
 
@@ -65,14 +65,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias,qmem",
-                         [c + ("none", None) for c in CASES]
-                         + [(10, 3, 4, 2, True, "pkm", False, "count", None),
-                            (10, 3, 4, 2, True, None, False, "items", None),
-                            (11, 3, 3, 2, True, None, False, "none", "pkm")])
+HSTU_LIKE = {"local_position_bias": True, "output_gate": True}
+
+
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias,qmem,kw",
+                         [c + ("none", None, {}) for c in CASES]
+                         + [(10, 3, 4, 2, True, "pkm", False, "count", None, {}),
+                            (10, 3, 4, 2, True, None, False, "items", None, {}),
+                            (11, 3, 3, 2, True, None, False, "none", "pkm", {}),
+                            (10, 4, 3, 2, True, "pkm", False, "items", None, HSTU_LIKE),
+                            (9, 1, 2, 1, True, None, True, "none", None, HSTU_LIKE)])
 def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared,
-                                                           bias, qmem):
-    m = _layer(C, k, H, use_local, memory, shared, bias=bias, query_memory=qmem)
+                                                           bias, qmem, kw):
+    m = _layer(C, k, H, use_local, memory, shared, bias=bias, query_memory=qmem, **kw)
     g = torch.Generator().manual_seed(1)
     lengths = [L, L - 2, L - C - 1 if L - C - 1 > 0 else 1, 1, 0]
     valid = left_valid(L, lengths)
@@ -132,18 +137,20 @@ def test_bad_chunk_align_rejected():
         DispatcherAttention(D, chunk_align="middle")
 
 
-@pytest.mark.parametrize("C,use_local,memory,shared,bias,qmem",
-                         [(4, True, "linear", True, "none", None),
-                          (3, False, "pkm", False, "none", None),
-                          (1, True, None, False, "none", None),
-                          (4, True, "pkm", False, "count", None),
-                          (3, True, "linear", True, "items", None),
-                          (4, True, None, False, "none", "pkm"),
-                          (1, False, None, False, "none", "linear")])
-def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias, qmem):
+@pytest.mark.parametrize("C,use_local,memory,shared,bias,qmem,kw",
+                         [(4, True, "linear", True, "none", None, {}),
+                          (3, False, "pkm", False, "none", None, {}),
+                          (1, True, None, False, "none", None, {}),
+                          (4, True, "pkm", False, "count", None, {}),
+                          (3, True, "linear", True, "items", None, {}),
+                          (4, True, None, False, "none", "pkm", {}),
+                          (1, False, None, False, "none", "linear", {}),
+                          (4, True, "pkm", False, "items", None, HSTU_LIKE),
+                          (3, False, None, False, "none", None, {"output_gate": True})])
+def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias, qmem, kw):
     """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
     every position; stream_prefill's state == the streamed one; end alignment cannot stream."""
-    m = _layer(C, 3, 2, use_local, memory, shared, bias=bias, query_memory=qmem)
+    m = _layer(C, 3, 2, use_local, memory, shared, bias=bias, query_memory=qmem, **kw)
     g = torch.Generator().manual_seed(6)
     L, lengths = 23, [23, 18, 0]
     valid = left_valid(L, lengths)

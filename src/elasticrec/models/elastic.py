@@ -52,7 +52,9 @@ class ElasticBlock(nn.Module):
                                         memory=memory if site == "dispatchers" else None,
                                         chunk_align=e.chunk_align,
                                         dispatcher_bias=e.dispatcher_bias,
-                                        query_memory=memory if site == "queries" else None)
+                                        query_memory=memory if site == "queries" else None,
+                                        local_position_bias=e.local_position_bias,
+                                        output_gate=e.output_gate)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
         self.memory = memory if on_tokens else None

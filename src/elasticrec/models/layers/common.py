@@ -122,3 +122,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x[..., 0::2], x[..., 1::2]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+def toeplitz_lower(per_distance: torch.Tensor) -> torch.Tensor:
+    """[..., L] values per distance d = t - s  ->  [..., L, L] with entry (t, s) = value[t - s] for
+    s <= t and 0 above the diagonal.
+
+    Built from overlapping windows (``unfold``) of one padded vector, whose backward sums each
+    diagonal with a dedicated kernel. Indexing the bucket table with an [L, L] bucket matrix
+    instead makes a backward of L^2 accumulating writes into a few hundred entries, which CUDA's
+    indexing backward serialises per entry (see ``hstu_attention.bucket_lookup``). Used by HSTU's
+    relative-position bias and by the local-chunk position bias of dispatcher attention."""
+    L = per_distance.shape[-1]
+    padded = torch.cat([per_distance.flip(-1), per_distance.new_zeros(*per_distance.shape[:-1], L - 1)], -1)
+    return padded.unfold(-1, L, 1).flip(-2)  # window i = padded[i : i + L] is row L - 1 - i

@@ -50,6 +50,15 @@ empty-history entry weighs nothing, so a position with no earlier chunk (``N = 0
 own chunk only, as exact causal attention would (needs ``use_local``; the bias is then ``-1e4``,
 which is an exact zero weight in fp32). Both are parameter-free and streaming-exact.
 
+*Local position bias* (``local_position_bias``, [ours], after HSTU's relative attention bias):
+a learned bias per head and distance ``t - s`` (0 .. C-1) added to the logit of local key ``s``
+for query ``t``; zero-initialised, so training starts from the plain layer. It gives the open
+chunk a direct recency signal that does not go through the absolute position embeddings.
+
+*Output gate* (``output_gate``, [ours], after HSTU's ``U``): the merged-head attention output is
+multiplied element-wise by ``SiLU(x W_u + b_u)`` of the query position's own input before ``Wo``.
+``b_u`` starts at 1.2785 (``SiLU = 1``), so with a small ``W_u`` the gate starts near the identity.
+
 *Memory-chosen queries* (``query_memory``, [ours]; ELASTIC.md's alternative IMR placement, "the
 memory chooses each user's k dispatcher queries"): the items of chunk ``c`` are aggregated with
 queries ``Q_c = Q_P + M(Q_P + s_{c-1})`` [k, D] instead of the fixed ``Q_P``, where ``s_{c-1}`` is
@@ -93,7 +102,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticrec.models.layers.common import first_valid_index, residual_at
+from elasticrec.models.layers.common import first_valid_index, residual_at, toeplitz_lower
 
 # "minus infinity" for the running max of a state that holds no entry; finite so that combining
 # two empty states never computes inf - inf.
@@ -194,6 +203,7 @@ def _chunk_index(L: int, C: int, device=None) -> torch.Tensor:
 CHUNK_ALIGNS = ("end", "start")
 DISPATCHER_BIASES = ("none", "count", "items")
 _SKIP_LOGIT = -1e4   # "items" bias with no earlier item: exp() of it is 0 in fp32, yet finite
+_GATE_BIAS = 1.2785  # initial output-gate bias: SiLU of it is 1.000
 
 
 class StreamState(NamedTuple):
@@ -241,7 +251,8 @@ class DispatcherAttention(nn.Module):
                  chunk_size: int = 64, dropout: float = 0.0, use_local: bool = True,
                  memory: nn.Module | None = None, shared_local_kv: bool = False,
                  chunk_align: str = "end", dispatcher_bias: str = "none",
-                 query_memory: nn.Module | None = None):
+                 query_memory: nn.Module | None = None, local_position_bias: bool = False,
+                 output_gate: bool = False):
         super().__init__()
         if chunk_align not in CHUNK_ALIGNS:
             raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
@@ -251,6 +262,8 @@ class DispatcherAttention(nn.Module):
         if dispatcher_bias == "items" and not use_local:
             raise ValueError("dispatcher_bias='items' needs use_local=True (with no earlier item, "
                              "a position attends to its own chunk only)")
+        if local_position_bias and not use_local:
+            raise ValueError("local_position_bias needs use_local=True (it biases the local keys)")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if chunk_size < 1 or n_dispatchers < 1:
@@ -276,6 +289,10 @@ class DispatcherAttention(nn.Module):
         self.local_kv = (nn.Linear(d_model, 2 * d_model)                        # Wk2', Wv2'
                          if use_local and not shared_local_kv else None)
         self.out = nn.Linear(d_model, d_model)                                 # Wo
+        # [H, C]: bias of local key s for query t by distance t - s (None: no bias)
+        self.local_bias = (nn.Parameter(torch.zeros(n_heads, chunk_size))
+                           if local_position_bias else None)
+        self.gate = nn.Linear(d_model, d_model) if output_gate else None       # W_u
         self.reset_dispatchers()
 
     def reset_dispatchers(self) -> None:
@@ -285,11 +302,17 @@ class DispatcherAttention(nn.Module):
         nn.init.normal_(self.dispatchers, std=1.0)
         nn.init.zeros_(self.empty_logit)
         nn.init.normal_(self.empty_value, std=0.02)
+        if self.local_bias is not None:
+            nn.init.zeros_(self.local_bias)
+        if self.gate is not None:   # SiLU(1.2785) = 1.000: the gate starts near the identity
+            nn.init.constant_(self.gate.bias, _GATE_BIAS)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.h}, n_dispatchers={self.k}, "
                 f"chunk_size={self.C}, chunk_align={self.chunk_align}, use_local={self.use_local}, "
-                f"dispatcher_bias={self.dispatcher_bias}, dropout={self.dropout}")
+                f"dispatcher_bias={self.dispatcher_bias}, "
+                f"local_position_bias={self.local_bias is not None}, "
+                f"output_gate={self.gate is not None}, dropout={self.dropout}")
 
     # ---------------------------------------------------------------- pieces (also for streaming)
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -327,6 +350,13 @@ class DispatcherAttention(nn.Module):
         if self.dispatcher_bias == "count":
             return torch.log((n + 1.0) / self.k)
         return torch.where(n > 0, torch.log(n / self.k), torch.full_like(n, _SKIP_LOGIT))
+
+    def output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Merged-head attention output y [..., D] -> layer output, gated by the query
+        positions' inputs x [..., D] when ``output_gate`` is on."""
+        if self.gate is not None:
+            y = y * F.silu(self.gate(x)).to(y.dtype)
+        return self.out(y)
 
     def finish_pack(self, P: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory.
@@ -409,6 +439,8 @@ class DispatcherAttention(nn.Module):
             kl = self._heads(kvl[..., :D]).transpose(1, 2)                    # [B, H, n, C, dh]
             vl = self._heads(kvl[..., D:]).transpose(1, 2)
             sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                 # [B, H, n, C, C]
+            if self.local_bias is not None:                                 # by distance t - s
+                sl = sl + toeplitz_lower(self.local_bias.to(acc))[:, None]
             causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
             sl = sl.masked_fill(~(causal & vmask), float("-inf"))
             s = torch.cat((s, sl), dim=-1)
@@ -420,7 +452,7 @@ class DispatcherAttention(nn.Module):
         if self.use_local:
             y = y + a[..., k:].to(vl.dtype) @ vl
         y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
-        y = self.out(y)
+        y = self.output(y, x)
         if not keep:
             return y, None
         return y, {"part": part, "states": states, "kvp": kvp,
@@ -503,13 +535,16 @@ class DispatcherAttention(nn.Module):
             kl = local[..., :D].view(B, C, H, dh).transpose(1, 2)           # [B, H, C, dh]
             vl = local[..., D:].view(B, C, H, dh).transpose(1, 2)
             sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                # [B, H, 1, C]
+            if self.local_bias is not None:                 # slot j is at distance slot - j
+                dist = (slot[:, None] - torch.arange(C, device=x.device)[None, :]).clamp(min=0)
+                sl = sl + self.local_bias.to(acc)[:, dist].transpose(0, 1)[:, :, None]
             unseen = torch.arange(C, device=x.device)[None, :] > slot[:, None]
             s = torch.cat((s, sl.masked_fill(unseen[:, None, None, :], float("-inf"))), dim=-1)
         a = torch.softmax(s, dim=-1).to(vp.dtype)
         y = a[..., :k] @ vp
         if self.use_local:
             y = y + a[..., k:].to(vl.dtype) @ vl
-        y = self.out(y.reshape(B, D))
+        y = self.output(y.reshape(B, D), x)
         # close the chunk of rows whose event filled it: fold, repack (memory lookup) only those
         closed, disp_kv = state.closed, kvp
         queries, xsum = state.queries, None if state.xsum is None else state.xsum + x.to(acc)
@@ -574,7 +609,9 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     softmax to those k dispatchers plus the valid positions of t's own chunk up to t (with
     ``dispatcher_bias="count"``, ``log((|S| + 1) / k)`` is added to the k dispatcher logits, ``|S|``
     the number of aggregated positions; with ``"items"``, ``log(|S| / k)``, i.e. no dispatchers
-    while ``S`` is empty).
+    while ``S`` is empty; with ``local_position_bias``, ``local_bias[h, t - s]`` is added to the
+    logit of local position ``s``; with ``output_gate``, the merged heads are multiplied by
+    ``SiLU(gate(x_t))`` before the output projection).
     """
     m = module
     B, L, D = x.shape
@@ -635,8 +672,14 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
                 if loc:
                     keys = torch.cat([keys, kl[b, loc, h]], dim=0)
                     vals = torch.cat([vals, vl[b, loc, h]], dim=0)
-                w = torch.softmax((keys @ q2[b, t, h]) * scale + bias, dim=0)
+                lb = bias
+                if m.local_bias is not None and loc:
+                    lb = bias + torch.cat([bias.new_zeros(k), m.local_bias[h, [t - s for s in loc]]])
+                w = torch.softmax((keys @ q2[b, t, h]) * scale + lb, dim=0)
                 heads.append(w @ vals)
-            outs.append(m.out(torch.cat(heads)))
+            y = torch.cat(heads)
+            if m.gate is not None:
+                y = y * F.silu(m.gate(x[b, t]))
+            outs.append(m.out(y))
         rows.append(torch.stack(outs))
     return torch.stack(rows)

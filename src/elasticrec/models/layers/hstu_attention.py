@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elasticrec.models.layers.common import toeplitz_lower
+
 
 # ----------------------------------------------------------------------------- buckets
 def position_bucket(distance: int, num_buckets: int, max_distance: int) -> int:
@@ -93,19 +95,6 @@ def bucket_lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if idx.is_cuda and torch.are_deterministic_algorithms_enabled():
         return table[:, idx].transpose(0, 1)
     return _BucketLookup.apply(table, idx)
-
-
-def toeplitz_lower(per_distance: torch.Tensor) -> torch.Tensor:
-    """[..., L] values per distance d = t - s  ->  [..., L, L] with entry (t, s) = value[t - s] for
-    s <= t and 0 above the diagonal.
-
-    Built from overlapping windows (``unfold``) of one padded vector, whose backward sums each
-    diagonal with a dedicated kernel. Indexing the bucket table with an [L, L] bucket matrix
-    instead makes a backward of L^2 accumulating writes into a few hundred entries, which CUDA's
-    indexing backward serialises per entry (see :func:`bucket_lookup`)."""
-    L = per_distance.shape[-1]
-    padded = torch.cat([per_distance.flip(-1), per_distance.new_zeros(*per_distance.shape[:-1], L - 1)], -1)
-    return padded.unfold(-1, L, 1).flip(-2)  # window i = padded[i : i + L] is row L - 1 - i
 
 
 # ----------------------------------------------------------------------------- attention
