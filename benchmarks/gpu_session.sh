@@ -38,6 +38,8 @@ ACC_JOBS=${ACC_JOBS:-}                   # default: every run at once, so all ge
 ACC_TAIL_S=${ACC_TAIL_S:-100}            # left after the training budget: start-up, test scoring, packing
 ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for every run, e.g.
 #   ACC_ARGS="--set model.score=cosine --set train.temperature=0.05"
+#   (best ELASTIC setting on ML-1M so far, CPU: also --set model.elastic.memory=false
+#    --set model.elastic.dispatcher_bias=items --set model.elastic.output_gate=true)
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
