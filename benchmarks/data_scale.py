@@ -82,8 +82,9 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
+    from elasticrec.bench.efficiency import cpu_name
+
+    cpu = cpu_name()
     lines = ["# Data pipeline at scale", "",
              f"Machine: {cpu}, {len(__import__('os').sched_getaffinity(0))} cores; Python {platform.python_version()}, "
              f"torch {torch.__version__}, numpy {__import__('numpy').__version__}, pandas {__import__('pandas').__version__}. "

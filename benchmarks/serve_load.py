@@ -148,15 +148,9 @@ def machine_info(threads: int) -> dict:
     import torch
     import uvicorn
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    from elasticrec.bench.efficiency import cpu_name
+
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__,
             "httpx": httpx.__version__, "server_torch_threads": threads, "platform": platform.platform(),
             "load_avg_1min_at_end": os.getloadavg()[0]}

@@ -26,18 +26,9 @@ from pathlib import Path
 
 import torch
 
+from elasticrec.bench.efficiency import cpu_name
 from elasticrec.config import ElasticConfig, ModelConfig
 from elasticrec.models import build_model
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(args):

@@ -109,3 +109,14 @@ def test_default_models_are_the_registered_ones():
     assert models == [m for m in eff.DEFAULT_MODELS.split(",") if m in list_models()]
     assert {"sasrec", "sasrec-explicit", "elastic"} <= set(models)
     assert len(notes) == len(eff.DEFAULT_MODELS.split(",")) - len(models)
+
+
+def test_cpu_name_reads_cpuinfo_and_falls_back(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n")
+    real_path = eff.Path
+    monkeypatch.setattr(eff, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
+    assert eff.cpu_name() == "Test CPU 9000"
+    assert eff.machine_info("cpu")["cpu"] == "Test CPU 9000"
+    monkeypatch.setattr(eff, "Path", lambda p: tmp_path / "missing")
+    assert isinstance(eff.cpu_name(), str) and eff.cpu_name()

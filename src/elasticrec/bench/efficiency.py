@@ -368,16 +368,19 @@ def crossovers(rows: list[dict], reference: str = REFERENCE, baselines=BASELINES
 
 
 # ----------------------------------------------------------------------------- outputs
-def machine_info(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows (Linux-first)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "device": device, "date": time.strftime("%Y-%m-%d %H:%M")}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
