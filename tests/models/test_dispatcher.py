@@ -97,6 +97,28 @@ def test_position_bias_and_gate_match_reference(L, C, k, H, memory, bias, qmem, 
                                    local_position_bias=lpb, output_gate=gate), L)
 
 
+@pytest.mark.parametrize("L,C,k,H,memory,bias,gate", [(10, 4, 3, 2, None, "none", False),
+                                                   (13, 3, 3, 1, "pkm", "items", True),
+                                                   (7, 16, 2, 2, None, "count", True)])
+def test_output_norm_matches_reference(L, C, k, H, memory, bias, gate):
+    _check_against_reference(_make(L, C, k, H, True, memory, bias=bias, output_norm=True,
+                                   output_gate=gate, local_position_bias=gate), L)
+
+
+def test_output_norm_normalises_the_merged_heads():
+    """With output_norm and Wo = identity (zero bias), each valid position's layer output has
+    mean 0 and variance 1 over the model dimension; padding stays exactly zero."""
+    m = _make(12, 4, 3, 2, output_norm=True)
+    with torch.no_grad():
+        m.out.weight.copy_(torch.eye(D, dtype=m.out.weight.dtype)); m.out.bias.zero_()
+    valid = left_valid(12, [12, 5])
+    y = m(torch.randn(2, 12, D, dtype=torch.float64), valid)
+    torch.testing.assert_close(y[valid].mean(-1), torch.zeros(17, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(y[valid].var(-1, unbiased=False), torch.ones(17, dtype=torch.float64),
+                               atol=1e-4, rtol=0)
+    assert torch.all(y[~valid] == 0)
+
+
 def _check_against_reference(m, L):
     """Chunked forward and gradients (input and every parameter) == the per-position reference."""
     g = torch.Generator().manual_seed(1)

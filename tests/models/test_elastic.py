@@ -23,8 +23,10 @@ LEAK_CASES = [(memory, site, bias, local)
                                          (True, "queries", "none")]
               for local in (False, True)] + [(True, "dispatchers", "items", True)]  # needs local
 HSTU_LIKE = {"local_position_bias": True, "output_gate": True}   # both need no more than local
+HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
 LEAK_CASES = [c + ({},) for c in LEAK_CASES] + [(True, "dispatchers", "items", True, HSTU_LIKE),
-                                                (False, "dispatchers", "none", True, HSTU_LIKE)]
+                                                (False, "dispatchers", "none", True, HSTU_LIKE),
+                                                (True, "dispatchers", "items", True, HSTU_FULL)]
 
 
 @pytest.mark.parametrize("memory,site,bias,use_local,extra", LEAK_CASES)
@@ -43,7 +45,8 @@ def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local, extra
 @pytest.mark.parametrize("site,bias,extra", [("dispatchers", "none", {}), ("tokens", "none", {}),
                                              ("dispatchers", "count", {}),
                                              ("dispatchers", "items", {}), ("queries", "items", {}),
-                                             ("dispatchers", "items", HSTU_LIKE)])
+                                             ("dispatchers", "items", HSTU_LIKE),
+                                             ("dispatchers", "items", HSTU_FULL)])
 def test_left_padding_and_batch_composition_invariance(site, bias, extra):
     m = _model(True, memory_site=site, dispatcher_bias=bias, **extra)
     seq = torch.randint(1, 61, (1, 13))

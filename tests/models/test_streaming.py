@@ -66,6 +66,7 @@ CASES = [
 
 
 HSTU_LIKE = {"local_position_bias": True, "output_gate": True}
+HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
 
 
 @pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias,qmem,kw",
@@ -74,7 +75,8 @@ HSTU_LIKE = {"local_position_bias": True, "output_gate": True}
                             (10, 3, 4, 2, True, None, False, "items", None, {}),
                             (11, 3, 3, 2, True, None, False, "none", "pkm", {}),
                             (10, 4, 3, 2, True, "pkm", False, "items", None, HSTU_LIKE),
-                            (9, 1, 2, 1, True, None, True, "none", None, HSTU_LIKE)])
+                            (9, 1, 2, 1, True, None, True, "none", None, HSTU_LIKE),
+                            (10, 4, 3, 2, True, None, False, "items", None, HSTU_FULL)])
 def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared,
                                                            bias, qmem, kw):
     m = _layer(C, k, H, use_local, memory, shared, bias=bias, query_memory=qmem, **kw)
@@ -146,7 +148,8 @@ def test_bad_chunk_align_rejected():
                           (4, True, None, False, "none", "pkm", {}),
                           (1, False, None, False, "none", "linear", {}),
                           (4, True, "pkm", False, "items", None, HSTU_LIKE),
-                          (3, False, None, False, "none", None, {"output_gate": True})])
+                          (3, False, None, False, "none", None, {"output_gate": True}),
+                          (4, True, "pkm", False, "items", None, HSTU_FULL)])
 def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias, qmem, kw):
     """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
     every position; stream_prefill's state == the streamed one; end alignment cannot stream."""

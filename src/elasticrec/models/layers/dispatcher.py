@@ -58,6 +58,8 @@ chunk a direct recency signal that does not go through the absolute position emb
 *Output gate* (``output_gate``, [ours], after HSTU's ``U``): the merged-head attention output is
 multiplied element-wise by ``SiLU(x W_u + b_u)`` of the query position's own input before ``Wo``.
 ``b_u`` starts at 1.2785 (``SiLU = 1``), so with a small ``W_u`` the gate starts near the identity.
+*Output norm* (``output_norm``, [ours], after HSTU's ``Norm(A V)``): the merged-head attention
+output is layer-normalised (no affine, eps 1e-6) before the gate and ``Wo``.
 
 *Memory-chosen queries* (``query_memory``, [ours]; ELASTIC.md's alternative IMR placement, "the
 memory chooses each user's k dispatcher queries"): the items of chunk ``c`` are aggregated with
@@ -204,6 +206,7 @@ CHUNK_ALIGNS = ("end", "start")
 DISPATCHER_BIASES = ("none", "count", "items")
 _SKIP_LOGIT = -1e4   # "items" bias with no earlier item: exp() of it is 0 in fp32, yet finite
 _GATE_BIAS = 1.2785  # initial output-gate bias: SiLU of it is 1.000
+_NORM_EPS = 1e-6     # output_norm's layer-norm epsilon (HSTU's)
 
 
 class StreamState(NamedTuple):
@@ -252,7 +255,7 @@ class DispatcherAttention(nn.Module):
                  memory: nn.Module | None = None, shared_local_kv: bool = False,
                  chunk_align: str = "end", dispatcher_bias: str = "none",
                  query_memory: nn.Module | None = None, local_position_bias: bool = False,
-                 output_gate: bool = False):
+                 output_gate: bool = False, output_norm: bool = False):
         super().__init__()
         if chunk_align not in CHUNK_ALIGNS:
             raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
@@ -293,6 +296,7 @@ class DispatcherAttention(nn.Module):
         self.local_bias = (nn.Parameter(torch.zeros(n_heads, chunk_size))
                            if local_position_bias else None)
         self.gate = nn.Linear(d_model, d_model) if output_gate else None       # W_u
+        self.output_norm = output_norm
         self.reset_dispatchers()
 
     def reset_dispatchers(self) -> None:
@@ -312,7 +316,8 @@ class DispatcherAttention(nn.Module):
                 f"chunk_size={self.C}, chunk_align={self.chunk_align}, use_local={self.use_local}, "
                 f"dispatcher_bias={self.dispatcher_bias}, "
                 f"local_position_bias={self.local_bias is not None}, "
-                f"output_gate={self.gate is not None}, dropout={self.dropout}")
+                f"output_gate={self.gate is not None}, output_norm={self.output_norm}, "
+                f"dropout={self.dropout}")
 
     # ---------------------------------------------------------------- pieces (also for streaming)
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -353,7 +358,10 @@ class DispatcherAttention(nn.Module):
 
     def output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Merged-head attention output y [..., D] -> layer output, gated by the query
-        positions' inputs x [..., D] when ``output_gate`` is on."""
+        positions' inputs x [..., D] when ``output_gate`` is on (layer-normalised first with
+        ``output_norm``)."""
+        if self.output_norm:
+            y = F.layer_norm(y, (self.d_model,), eps=_NORM_EPS)
         if self.gate is not None:
             y = y * F.silu(self.gate(x)).to(y.dtype)
         return self.out(y)
@@ -610,8 +618,9 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     ``dispatcher_bias="count"``, ``log((|S| + 1) / k)`` is added to the k dispatcher logits, ``|S|``
     the number of aggregated positions; with ``"items"``, ``log(|S| / k)``, i.e. no dispatchers
     while ``S`` is empty; with ``local_position_bias``, ``local_bias[h, t - s]`` is added to the
-    logit of local position ``s``; with ``output_gate``, the merged heads are multiplied by
-    ``SiLU(gate(x_t))`` before the output projection).
+    logit of local position ``s``; with ``output_norm``, the merged heads are layer-normalised;
+    with ``output_gate``, they are then multiplied by ``SiLU(gate(x_t))`` before the output
+    projection).
     """
     m = module
     B, L, D = x.shape
@@ -678,6 +687,8 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
                 w = torch.softmax((keys @ q2[b, t, h]) * scale + lb, dim=0)
                 heads.append(w @ vals)
             y = torch.cat(heads)
+            if m.output_norm:
+                y = (y - y.mean()) / torch.sqrt(y.var(unbiased=False) + _NORM_EPS)
             if m.gate is not None:
                 y = y * F.silu(m.gate(x[b, t]))
             outs.append(m.out(y))
