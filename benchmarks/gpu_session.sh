@@ -39,7 +39,8 @@ ACC_TAIL_S=${ACC_TAIL_S:-100}            # left after the training budget: start
 ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for every run, e.g.
 #   ACC_ARGS="--set model.score=cosine --set train.temperature=0.05"
 #   (best ELASTIC setting on ML-1M so far, CPU: also --set model.elastic.memory=false
-#    --set model.elastic.dispatcher_bias=items --set model.elastic.output_gate=true)
+#    --set model.elastic.dispatcher_bias=items --set model.elastic.output_gate=true; to try:
+#    --set model.elastic.output_norm=true and model.n_layers=4 or 8, see docs/results.md)
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
