@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# ELASTIC options taken from HSTU (each needs no more than the local chunk)
+HSTU_LIKE = {"local_position_bias": True, "output_gate": True}
+HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
+
 
 def assert_no_gradient_from_future(model, items: torch.Tensor, t: int, encode=None) -> None:
     """The outputs at positions <= t have a gradient path to the item embeddings at positions

@@ -5,7 +5,7 @@ import torch
 
 from elasticrec.config import ElasticConfig, ModelConfig
 from elasticrec.models import build_model
-from model_checks import assert_no_gradient_from_future
+from model_checks import HSTU_FULL, HSTU_LIKE, assert_no_gradient_from_future
 
 
 def _model(memory=True, **ekw):
@@ -22,8 +22,6 @@ LEAK_CASES = [(memory, site, bias, local)
                                          (True, "tokens", "none"), (True, "dispatchers", "count"),
                                          (True, "queries", "none")]
               for local in (False, True)] + [(True, "dispatchers", "items", True)]  # needs local
-HSTU_LIKE = {"local_position_bias": True, "output_gate": True}   # both need no more than local
-HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
 LEAK_CASES = [c + ({},) for c in LEAK_CASES] + [(True, "dispatchers", "items", True, HSTU_LIKE),
                                                 (False, "dispatchers", "none", True, HSTU_LIKE),
                                                 (True, "dispatchers", "items", True, HSTU_FULL)]

@@ -14,7 +14,7 @@ from elasticrec.models.elastic import ElasticState
 from elasticrec.models.layers.common import ChunkPositions, StartPositions, first_valid_index
 from elasticrec.models.layers.dispatcher import DispatcherAttention, dispatcher_attention_reference
 from elasticrec.models.layers.pkm import ProductKeyMemory
-from model_checks import assert_layer_padding_and_batch_invariant, left_valid
+from model_checks import HSTU_FULL, HSTU_LIKE, assert_layer_padding_and_batch_invariant, left_valid
 
 D = 8
 
@@ -63,10 +63,6 @@ CASES = [
     (11, 3, 4, 2, False, "pkm", False),
     (13, 5, 2, 2, True, "linear", True),
 ]
-
-
-HSTU_LIKE = {"local_position_bias": True, "output_gate": True}
-HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
 
 
 @pytest.mark.parametrize("L,C,k,H,use_local,memory,shared,bias,qmem,kw",
