@@ -113,6 +113,21 @@ def test_corrupted_checkpoint_is_detected(cyclic_data, tmp_path):
         load_checkpoint(ck, tr.model)
 
 
+def test_checkpoint_sweeps_temporaries_of_a_killed_writer(cyclic_data, tmp_path):
+    """A writer killed by SIGKILL inside atomic_path leaves its .<name>.*.tmp behind; the next
+    checkpoint of the resumed run removes it and keeps the checkpoint it just wrote."""
+    cfg = small_cfg(tmp_path, epochs=1)
+    Trainer(cfg, data=cyclic_data).fit()
+    ck = tmp_path / "run" / "checkpoints"
+    stale = ck / ".epoch-0001.state.pt.abc123.tmp"
+    stale.write_bytes(b"half a file")
+    tr = Trainer(merge(cfg, {"train": {"epochs": 2}}), data=cyclic_data, resume=True)
+    tr.fit()
+    assert not list(ck.glob(".*.tmp"))
+    assert json.loads((ck / "last.json").read_text())["epoch"] == 1
+    load_checkpoint(ck, tr.model)
+
+
 def test_existing_run_dir_is_not_overwritten(cyclic_data, tmp_path):
     cfg = small_cfg(tmp_path, epochs=1)
     Trainer(cfg, data=cyclic_data).fit()

@@ -39,10 +39,14 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, model, state: dict) -> None:
     atomic_save(ckpt_dir / f"{stem}.state.pt", lambda tmp: torch.save(state, tmp))
     files[f"{stem}.state.pt"] = file_digest(ckpt_dir / f"{stem}.state.pt")
     atomic_write_json(ckpt_dir / "last.json", {"epoch": epoch, "files": files})
-    # drop older checkpoints only after the new manifest is in place
+    # drop older checkpoints only after the new manifest is in place, and the temporaries
+    # (.<name>.*.tmp, see utils.atomic_path) of a writer killed mid-write: this process writes
+    # one file at a time, so none of them is in use
     for p in ckpt_dir.glob("epoch-*"):
         if not p.name.startswith(stem + "."):
             p.unlink(missing_ok=True)
+    for p in ckpt_dir.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
 
 
 def _verify(ckpt_dir: Path, manifest: str) -> dict:
