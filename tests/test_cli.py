@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from elasticrec.cli import main
+from elasticrec.evaluate.significance import load_ranks, per_user
 
 SMALL = ["--set", "data.synthetic.n_users=60", "--set", "data.synthetic.n_items=40",
          "--set", "data.synthetic.min_len=10", "--set", "data.synthetic.max_len=30",
@@ -12,7 +13,7 @@ SMALL = ["--set", "data.synthetic.n_users=60", "--set", "data.synthetic.n_items=
          "--set", "model.d_model=16", "--set", "train.batch_size=32", "--set", "eval.ks=1,10"]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"],
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["compare", "--help"],
                                   ["data", "stats", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -33,6 +34,45 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert out["HR@10"] == pytest.approx(test["HR@10"])
     assert main(["evaluate", "--run", str(run), "--protocol", "sampled"]) == 0
     assert json.loads(capsys.readouterr().out)["protocol"].startswith("SAMPLED")
+
+
+def test_runs_save_ranks_and_compare_pairs_them(tmp_path, capsys):
+    """Training saves each test user's rank; `evaluate --save-ranks` reproduces them from the best
+    checkpoint; `compare` pairs two runs, and refuses a run without ranks or another protocol."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, seed in ((a, 0), (b, 1)):
+        assert main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "2", "--run-dir", str(run),
+                     "--no-progress", "--set", f"train.seed={seed}", *SMALL]) == 0
+    users, ranks, meta = load_ranks(a)
+    test = json.loads((a / "test_metrics.json").read_text())
+    assert len(users) == test["n_users"] == 60
+    assert per_user(ranks, "NDCG@10").mean() == pytest.approx(test["NDCG@10"])
+    assert meta["model"] == "sasrec" and meta["protocol"] == "full" and meta["epoch"] == test["best_epoch"]
+
+    again = tmp_path / "again.npz"
+    assert main(["evaluate", "--run", str(a), "--save-ranks", str(again)]) == 0
+    assert load_ranks(again)[1].tolist() == ranks.tolist()
+    assert main(["evaluate", "--run", str(a), "--stage", "valid", "--save-ranks"]) == 0
+    assert load_ranks(a, "valid")[2]["stage"] == "valid"
+    capsys.readouterr()
+
+    assert main(["compare", str(a), str(a), "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| NDCG@10 |" in out and "+0.0000 | [+0.0000, +0.0000] | 1.0000 | 0 | 0 |" in out
+    assert main(["compare", str(a), str(b), "--resamples", "200", "--metrics", "HR@1,MRR", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
+    assert [r["metric"] for r in res] == ["HR@1", "MRR"]
+    assert res[1]["diff"] == pytest.approx(res[1]["b"] - res[1]["a"])
+    assert res[1]["ci_low"] <= res[1]["diff"] <= res[1]["ci_high"]
+
+    sampled = tmp_path / "sampled.npz"
+    assert main(["evaluate", "--run", str(b), "--protocol", "sampled", "--save-ranks", str(sampled)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(sampled)]) == 1
+    assert "differ in protocol" in capsys.readouterr().err
+    (a / "test_ranks.npz").unlink()
+    assert main(["compare", str(a), str(b)]) == 1
+    assert "--save-ranks" in capsys.readouterr().err
 
 
 def test_resume_accepts_only_run_safe_changes(tmp_path, capsys):

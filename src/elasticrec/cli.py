@@ -1,4 +1,4 @@
-"""Command-line interface: ``elasticrec train | evaluate | data stats | models``."""
+"""Command-line interface: ``elasticrec train | evaluate | compare | data stats | models``."""
 
 from __future__ import annotations
 
@@ -131,6 +131,7 @@ def cmd_evaluate(args) -> int:
 
     from elasticrec.data import load_dataset
     from elasticrec.evaluate import Evaluator
+    from elasticrec.evaluate.significance import ranks_meta, ranks_path, save_ranks
     from elasticrec.models import build_model
     from elasticrec.train.checkpoint import load_best
     from elasticrec.utils import resolve_device
@@ -146,11 +147,35 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.n_items).to(device)
-    load_best(run / "checkpoints", model, map_location=device)
+    info = load_best(run / "checkpoints", model, map_location=device)
+    ev = Evaluator(data, cfg.eval, cfg.model.max_len, device)
+    users = data.eval_users(args.stage)
     with torch.no_grad():
-        res = Evaluator(data, cfg.eval, cfg.model.max_len, device).evaluate(model, args.stage)
+        ranks = ev.ranks(model, args.stage, users)
+    res = ev.summarize(ranks)
+    if args.save_ranks is not None:
+        out = Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage)
+        save_ranks(out, users, ranks, ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch")))
+        print(f"ranks of {len(users)} users written to {out}", file=sys.stderr)
     print(json.dumps(res, indent=2))
     return 0
+
+
+def cmd_compare(args) -> int:
+    from elasticrec.evaluate.significance import compare_runs, format_table
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    results, ma, mb = compare_runs(args.a, args.b, metrics, args.stage, args.resamples, args.confidence, args.seed)
+    if args.json:
+        print(json.dumps({"a": ma, "b": mb, "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        print(format_table(results, _ranks_label(args.a, ma), _ranks_label(args.b, mb), args.confidence))
+    return 0
+
+
+def _ranks_label(source: str, meta: dict) -> str:
+    what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
+    return f"{source} ({what}, best epoch {meta.get('epoch', '?')})"
 
 
 def cmd_data_stats(args) -> int:
@@ -200,7 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-path")
     e.add_argument("--device", default="auto")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--save-ranks", nargs="?", const="", metavar="FILE",
+                   help="also write each user's rank (default FILE: <run>/<stage>_ranks.npz), for `elasticrec compare`")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="paired significance test of two runs on the same users",
+                       description="Paired bootstrap confidence interval and sign-flip randomization test of "
+                                   "B - A on per-user metrics. A and B are run directories (their "
+                                   "<stage>_ranks.npz) or ranks files.")
+    c.add_argument("a", help="run directory or ranks file (baseline)")
+    c.add_argument("b", help="run directory or ranks file (candidate)")
+    c.add_argument("--stage", default="test", choices=["valid", "test"])
+    c.add_argument("--metrics", default="HR@10,NDCG@10,MRR", help="comma-separated HR@K, NDCG@K, MRR")
+    c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples and sign flips")
+    c.add_argument("--confidence", type=float, default=0.95)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -231,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"elasticrec: config error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # known user-facing errors get one clear line
+        from elasticrec.evaluate.significance import RanksError
         from elasticrec.train.checkpoint import CheckpointError
         from elasticrec.train.trainer import TrainingError
 
-        known = (CheckpointError, TrainingError)
+        known = (CheckpointError, TrainingError, RanksError)
         try:
             from elasticrec.data import DataError
             known = known + (DataError,)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from elasticrec.evaluate.significance import load_ranks, per_user
+
 ARGS = ["train", "--dataset", "synthetic", "--model", "sasrec", "--no-progress",
         "--set", "data.synthetic.n_users=96", "--set", "data.synthetic.n_items=60",
         "--set", "data.synthetic.min_len=10", "--set", "data.synthetic.max_len=30",
@@ -46,5 +48,10 @@ def test_torchrun_gloo_matches_single_process(tmp_path, nproc):
     ta = json.loads((single / "test_metrics.json").read_text())
     tb = json.loads((multi / "test_metrics.json").read_text())
     assert tb["NDCG@10"] == pytest.approx(ta["NDCG@10"], abs=1e-3)
+    # the per-user test ranks gathered from the shards cover every user once, in user order
+    ua, ra, _ = load_ranks(single)
+    ub, rb, _ = load_ranks(multi)
+    assert ua.tolist() == ub.tolist() == list(range(96))
+    assert per_user(rb, "NDCG@10").mean() == pytest.approx(tb["NDCG@10"])
     # only rank 0 wrote the run directory: one line per epoch, no duplicates
     assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in single.iterdir())

@@ -14,7 +14,7 @@ import torch
 
 from elasticrec.config import EvalConfig
 from elasticrec.data.sequences import SequenceData
-from elasticrec.evaluate.metrics import MetricAccumulator
+from elasticrec.evaluate.metrics import metrics_from_ranks
 
 
 def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int):
@@ -115,9 +115,11 @@ class Evaluator:
                 out[i, :k] = rng.choice(len(allowed), size=k, replace=False, p=allowed / allowed.sum())
         return out
 
-    def evaluate(self, model, stage: str, users: np.ndarray | None = None) -> dict:
-        acc = MetricAccumulator(self.cfg.ks)
-        acc.add(self.ranks(model, stage, users))
-        res = acc.compute()
-        res["protocol"] = self.label
+    def summarize(self, ranks: np.ndarray) -> dict:
+        """Metrics of these ranks, with the number of users and the protocol label."""
+        res = metrics_from_ranks(ranks, self.cfg.ks)
+        res.update({"n_users": int(np.asarray(ranks).size), "protocol": self.label})
         return res
+
+    def evaluate(self, model, stage: str, users: np.ndarray | None = None) -> dict:
+        return self.summarize(self.ranks(model, stage, users))

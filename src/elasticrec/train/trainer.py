@@ -4,6 +4,8 @@
 ``<run_dir>/data.json``         dataset statistics
 ``<run_dir>/metrics.jsonl``     one line per epoch: loss, speed, validation metrics, diagnostics
 ``<run_dir>/test_metrics.json`` test metrics of the best-validation checkpoint, scored once
+``<run_dir>/test_ranks.npz``    each test user's 0-based rank of its held-out item (for
+                                ``elasticrec compare``: paired tests between runs)
 ``<run_dir>/checkpoints/``      see :mod:`elasticrec.train.checkpoint`
 
 Model selection and early stopping use the validation item only; the test item is scored once,
@@ -32,7 +34,8 @@ import numpy as np
 import torch
 
 from elasticrec.config import ExperimentConfig, save_config
-from elasticrec.evaluate import Evaluator, metrics_from_ranks
+from elasticrec.evaluate import Evaluator
+from elasticrec.evaluate.significance import ranks_meta, ranks_path, save_ranks
 from elasticrec.models import build_model
 from elasticrec.train import distributed as dist
 from elasticrec.train.batches import TrainSequences
@@ -288,20 +291,26 @@ class Trainer:
                 self._stop_cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return out
 
-    def evaluate(self, stage: str) -> dict:
-        """Full-ranking metrics; with several ranks each scores a shard and ranks are merged."""
+    def ranks(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """(users, 0-based target ranks); with several processes each scores a shard, merged here."""
         users = self.data.eval_users(stage)[self.dist.rank::self.dist.world]
-        ranks = dist.gather_concat(self.evaluator.ranks(self.model, stage, users), self.dist)
-        res = metrics_from_ranks(ranks, self.cfg.eval.ks)
-        res.update({"n_users": int(ranks.size), "protocol": self.evaluator.label})
-        return res
+        ranks = self.evaluator.ranks(self.model, stage, users)
+        return dist.gather_concat(users, self.dist), dist.gather_concat(ranks, self.dist)
+
+    def evaluate(self, stage: str) -> dict:
+        """Full-ranking metrics of every user with a ``stage`` target."""
+        return self.evaluator.summarize(self.ranks(stage)[1])
 
     def test(self, stop_reason: str = "") -> dict:
+        """Score the test item once, with the best-validation weights; save metrics and per-user ranks."""
         info = load_best(self.ckpt_dir, self.model, map_location=self.device)
-        res = self.evaluate("test")
+        users, ranks = self.ranks("test")
+        res = self.evaluator.summarize(ranks)
         res.update({"best_epoch": info["epoch"], f"valid_{self.cfg.eval.select_metric}": info.get(self.cfg.eval.select_metric),
                     "stop_reason": stop_reason, "model": self.cfg.model.name, "dataset": self.cfg.data.name})
         if self.main:
+            meta = ranks_meta(self.cfg, self.data, "test", self.evaluator.label, info["epoch"])
+            save_ranks(ranks_path(self.run_dir, "test"), users, ranks, meta)
             atomic_write_json(self.run_dir / "test_metrics.json", res)
         return res
 

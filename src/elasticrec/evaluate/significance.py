@@ -1,0 +1,168 @@
+"""Is run B better than run A, or is the difference noise? A paired test on the same users.
+
+Every run saves the 0-based test rank of each user's held-out item (``<run>/test_ranks.npz``;
+``elasticrec evaluate --save-ranks`` writes it for older runs or for ``--stage valid``). Two runs
+on the same dataset and protocol rank the same users, so their per-user metric values pair up, and
+the difference of two means is judged against the spread of the per-user differences rather than
+against the (much larger) spread of either run alone:
+
+- a **paired bootstrap** resamples users with replacement and gives a percentile confidence
+  interval for mean(B) - mean(A);
+- a **paired randomization test** (sign flips of the per-user differences, the usual test in IR
+  evaluation) gives a two-sided p-value for "A and B are exchangeable".
+
+Both are plain numpy and seeded, so a comparison prints the same numbers every time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from elasticrec.utils import atomic_save
+
+DEFAULT_METRICS = ("HR@10", "NDCG@10", "MRR")
+
+
+class RanksError(ValueError):
+    """A ranks file is missing, unreadable, or not comparable with another."""
+
+
+def ranks_path(run_dir: str | Path, stage: str = "test") -> Path:
+    return Path(run_dir) / f"{stage}_ranks.npz"
+
+
+def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-user values of ``HR@K``, ``NDCG@K`` or ``MRR`` from 0-based ranks (their mean is the metric)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    name, _, k = metric.partition("@")
+    if name == "MRR" and not k:
+        return 1.0 / (r + 1.0)
+    if name in ("HR", "NDCG") and k.isdigit() and int(k) > 0:
+        hit = r < int(k)
+        return hit.astype(np.float64) if name == "HR" else hit / np.log2(r + 2.0)
+    raise ValueError(f"unknown metric {metric!r}; use HR@K, NDCG@K or MRR")
+
+
+def save_ranks(path: str | Path, users: np.ndarray, ranks: np.ndarray, meta: dict) -> None:
+    """Write users and their ranks (sorted by user id) and a JSON ``meta`` dict, atomically."""
+    users, ranks = np.asarray(users, dtype=np.int64), np.asarray(ranks, dtype=np.int64)
+    if users.shape != ranks.shape:
+        raise ValueError(f"users {users.shape} and ranks {ranks.shape} differ in shape")
+    order = np.argsort(users, kind="stable")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, users=users[order], ranks=ranks[order], meta=np.array(json.dumps(meta)))
+
+    atomic_save(path, write)
+
+
+def ranks_meta(cfg, data, stage: str, protocol: str, epoch: int | None = None) -> dict:
+    """What a ranks file records about its run: enough to refuse meaningless pairings."""
+    return {"dataset": cfg.data.name, "data_key": data.meta.get("cache_key"), "n_items": int(data.n_items),
+            "model": cfg.model.name, "stage": stage, "protocol": protocol, "max_len": cfg.model.max_len,
+            "exclude_history": cfg.eval.exclude_history, "epoch": epoch}
+
+
+def load_ranks(source: str | Path, stage: str = "test") -> tuple[np.ndarray, np.ndarray, dict]:
+    """(users, ranks, meta) from a ranks file or from a run directory's ``<stage>_ranks.npz``."""
+    p = Path(source)
+    if p.is_dir():
+        p = ranks_path(p, stage)
+        if not p.exists():
+            raise RanksError(f"{p}: no {stage} ranks in this run directory (runs trained before ranks "
+                             f"were saved lack them); write them with `elasticrec evaluate --run "
+                             f"{source} --stage {stage} --save-ranks`")
+    if not p.exists():
+        raise RanksError(f"{p}: no such run directory or ranks file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            users, ranks, meta = z["users"], z["ranks"], json.loads(str(z["meta"]))
+    except Exception as e:
+        raise RanksError(f"{p}: not a ranks file written by elasticrec ({type(e).__name__}: {e})") from e
+    if users.ndim != 1 or users.shape != ranks.shape or len(np.unique(users)) != len(users):
+        raise RanksError(f"{p}: users and ranks must be 1-d, of equal length, one rank per user")
+    if len(ranks) and ranks.min() < 0:
+        raise RanksError(f"{p}: negative rank {int(ranks.min())}")
+    meta.setdefault("source", str(p))
+    return users, ranks, meta
+
+
+@dataclass
+class PairedResult:
+    metric: str
+    n_users: int
+    a: float  # mean over users, run A
+    b: float  # mean over users, run B
+    diff: float  # b - a
+    ci_low: float  # paired-bootstrap percentile interval of diff
+    ci_high: float
+    p_value: float  # two-sided paired randomization (sign-flip) test
+    b_better: int  # users whose value is higher in B
+    a_better: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_test(xa: np.ndarray, xb: np.ndarray, metric: str = "", n_resamples: int = 10_000,
+                confidence: float = 0.95, seed: int = 0, chunk: int = 256) -> PairedResult:
+    """Compare per-user values ``xa`` and ``xb`` of the same users (same order)."""
+    xa, xb = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
+    if xa.shape != xb.shape or xa.ndim != 1 or xa.size == 0:
+        raise ValueError("paired_test needs two non-empty 1-d arrays of the same users")
+    if n_resamples < 1 or not 0 < confidence < 1:
+        raise ValueError("n_resamples must be >= 1 and confidence in (0, 1)")
+    d = xb - xa
+    n, obs = d.size, d.mean()
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_resamples)
+    extreme = 0
+    tol = 1e-12 * max(1.0, abs(obs))  # sign flips that reproduce |obs| up to float error count as extreme
+    for s in range(0, n_resamples, chunk):
+        m = min(chunk, n_resamples - s)
+        boot[s:s + m] = d[rng.integers(0, n, size=(m, n))].mean(1)
+        signs = rng.integers(0, 2, size=(m, n), dtype=np.int8) * 2 - 1
+        extreme += int((np.abs(signs @ d) / n >= abs(obs) - tol).sum())
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return PairedResult(metric, n, float(xa.mean()), float(xb.mean()), float(obs), float(lo), float(hi),
+                        (extreme + 1) / (n_resamples + 1), int((d > 0).sum()), int((d < 0).sum()))
+
+
+COMPARABLE = ("dataset", "data_key", "n_items", "stage", "protocol", "exclude_history")
+
+
+def compare_runs(a: str | Path, b: str | Path, metrics=DEFAULT_METRICS, stage: str = "test",
+                 n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+                 ) -> tuple[list[PairedResult], dict, dict]:
+    """Paired comparison of two runs (directories or ranks files) on each metric."""
+    ua, ra, ma = load_ranks(a, stage)
+    ub, rb, mb = load_ranks(b, stage)
+    for key in COMPARABLE:
+        if key in ma and key in mb and ma[key] != mb[key]:
+            raise RanksError(f"{ma['source']} and {mb['source']} differ in {key} "
+                             f"({ma[key]!r} vs {mb[key]!r}): their ranks cannot be paired")
+    if not np.array_equal(ua, ub):
+        only_a, only_b = np.setdiff1d(ua, ub).size, np.setdiff1d(ub, ua).size
+        raise RanksError(f"{ma['source']} and {mb['source']} rank different users ({only_a} only in A, "
+                         f"{only_b} only in B): was the data filtered or split differently?")
+    out = [paired_test(per_user(ra, m), per_user(rb, m), m, n_resamples, confidence, seed) for m in metrics]
+    return out, ma, mb
+
+
+def format_table(results: list[PairedResult], label_a: str, label_b: str, confidence: float = 0.95) -> str:
+    pct = f"{confidence:.0%}"
+    lines = [f"A: {label_a}", f"B: {label_b}", "",
+             f"| metric | A | B | B - A | {pct} CI (paired bootstrap) | p (sign-flip) | users B>A | users A>B |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.metric} | {r.a:.4f} | {r.b:.4f} | {r.diff:+.4f} | [{r.ci_low:+.4f}, {r.ci_high:+.4f}] "
+                     f"| {r.p_value:.4f} | {r.b_better} | {r.a_better} |")
+    n = results[0].n_users if results else 0
+    lines.append(f"\n{n} users paired.")
+    return "\n".join(lines)
+

@@ -1,0 +1,126 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from elasticrec.evaluate.metrics import metrics_from_ranks
+from elasticrec.evaluate.significance import (RanksError, compare_runs, format_table, load_ranks,
+                                              paired_test, per_user, save_ranks)
+
+META = {"dataset": "toy", "stage": "test", "protocol": "full", "exclude_history": True}
+
+
+@pytest.mark.parametrize("metric", ["HR@1", "HR@10", "NDCG@5", "NDCG@10", "MRR"])
+def test_per_user_values_average_to_the_metric(metric):
+    ranks = np.random.default_rng(0).integers(0, 60, size=500)
+    assert per_user(ranks, metric).mean() == pytest.approx(metrics_from_ranks(ranks, ks=(1, 5, 10))[metric])
+
+
+@pytest.mark.parametrize("bad", ["NDCG", "HR@x", "MRR@10", "recall@10", "NDCG@0"])
+def test_per_user_rejects_unknown_metrics(bad):
+    with pytest.raises(ValueError, match="unknown metric"):
+        per_user(np.zeros(3), bad)
+
+
+def test_identical_runs_differ_by_nothing():
+    x = np.random.default_rng(1).random(300)
+    r = paired_test(x, x)
+    assert r.diff == 0 and r.ci_low == 0 and r.ci_high == 0 and r.p_value == 1.0
+    assert r.a_better == r.b_better == 0
+
+
+def test_a_real_gain_is_detected_and_its_interval_covers_it():
+    rng = np.random.default_rng(2)
+    xa = rng.random(2000)
+    xb = xa + 0.05 + rng.normal(0, 0.2, size=2000)  # true gain 0.05, noisy per user
+    r = paired_test(xa, xb, "m", n_resamples=4000)
+    assert r.ci_low < 0.05 < r.ci_high and r.ci_low > 0
+    assert r.p_value < 1e-3 and r.b_better > r.a_better
+    # the interval width matches the standard error of the paired mean
+    se = (xb - xa).std(ddof=1) / math.sqrt(2000)
+    assert (r.ci_high - r.ci_low) == pytest.approx(2 * 1.96 * se, rel=0.1)
+
+
+def test_pairing_is_what_makes_a_small_gain_visible():
+    """A uniform +0.01 on values spread over [0, 1] is invisible to unpaired noise but certain
+    once users are paired; and a pure-noise difference gets a large p-value."""
+    rng = np.random.default_rng(3)
+    xa = rng.random(1000)
+    assert paired_test(xa, xa + 0.01, n_resamples=2000).p_value < 1e-3
+    noise = paired_test(xa, xa + rng.normal(0, 0.1, 1000), n_resamples=2000)
+    assert noise.p_value > 0.05 and noise.ci_low < 0 < noise.ci_high
+
+
+def test_randomization_p_value_agrees_with_the_normal_approximation():
+    rng = np.random.default_rng(4)
+    xa = rng.random(3000)
+    xb = xa + 0.004 + rng.normal(0, 0.1, 3000)
+    d = xb - xa
+    z = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+    p_normal = math.erfc(abs(z) / math.sqrt(2))
+    assert paired_test(xa, xb, n_resamples=20_000).p_value == pytest.approx(p_normal, abs=0.02)
+
+
+def test_paired_test_is_seeded():
+    rng = np.random.default_rng(5)
+    xa, xb = rng.random(400), rng.random(400)
+    assert paired_test(xa, xb, seed=7) == paired_test(xa, xb, seed=7)
+
+
+def test_paired_test_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="same users"):
+        paired_test(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="same users"):
+        paired_test(np.zeros(0), np.zeros(0))
+
+
+def test_ranks_file_round_trip_sorts_by_user(tmp_path):
+    p = tmp_path / "r.npz"
+    save_ranks(p, np.array([5, 1, 3]), np.array([50, 10, 30]), META)
+    users, ranks, meta = load_ranks(p)
+    assert users.tolist() == [1, 3, 5] and ranks.tolist() == [10, 30, 50]
+    assert meta["dataset"] == "toy" and meta["source"] == str(p)
+    assert [x.name for x in tmp_path.iterdir()] == ["r.npz"]  # atomic write leaves no temp file
+
+
+def test_compare_runs_end_to_end(tmp_path):
+    rng = np.random.default_rng(6)
+    users = np.arange(800)
+    ra = rng.integers(0, 100, size=800)
+    rb = np.maximum(ra - rng.integers(0, 4, size=800), 0)  # B ranks every target at least as high
+    for name, r in (("a", ra), ("b", rb)):
+        (tmp_path / name).mkdir()
+        save_ranks(tmp_path / name / "test_ranks.npz", users[::-1].copy(), r[::-1].copy(), META)
+    results, ma, mb = compare_runs(tmp_path / "a", tmp_path / "b", n_resamples=2000)
+    assert [r.metric for r in results] == ["HR@10", "NDCG@10", "MRR"]
+    mrr = results[2]
+    assert mrr.a == pytest.approx(per_user(ra, "MRR").mean()) and mrr.b == pytest.approx(per_user(rb, "MRR").mean())
+    assert mrr.diff > 0 and mrr.ci_low > 0 and mrr.p_value < 1e-3 and mrr.a_better == 0
+    table = format_table(results, "a", "b")
+    assert "| MRR |" in table and "800 users paired" in table
+    assert json.dumps([r.to_dict() for r in results])  # JSON-able
+
+
+def test_compare_refuses_meaningless_pairings(tmp_path):
+    save_ranks(tmp_path / "a.npz", np.arange(10), np.zeros(10), META)
+    save_ranks(tmp_path / "b.npz", np.arange(10), np.zeros(10), {**META, "protocol": "SAMPLED-100-pop"})
+    save_ranks(tmp_path / "c.npz", np.arange(1, 11), np.zeros(10), META)
+    with pytest.raises(RanksError, match="differ in protocol"):
+        compare_runs(tmp_path / "a.npz", tmp_path / "b.npz")
+    with pytest.raises(RanksError, match=r"different users \(1 only in A, 1 only in B\)"):
+        compare_runs(tmp_path / "a.npz", tmp_path / "c.npz")
+
+
+def test_missing_or_corrupt_ranks_are_clear_errors(tmp_path):
+    (tmp_path / "old-run").mkdir()
+    with pytest.raises(RanksError, match=r"old-run.*test_ranks.npz.*elasticrec evaluate --run .*--save-ranks"):
+        load_ranks(tmp_path / "old-run")
+    with pytest.raises(RanksError, match="no such run directory or ranks file"):
+        load_ranks(tmp_path / "nope.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(RanksError, match=r"bad.npz: not a ranks file"):
+        load_ranks(tmp_path / "bad.npz")
+    np.savez(tmp_path / "dup.npz", users=np.array([1, 1]), ranks=np.array([0, 2]), meta=np.array("{}"))
+    with pytest.raises(RanksError, match="one rank per user"):
+        load_ranks(tmp_path / "dup.npz")
