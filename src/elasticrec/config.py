@@ -103,6 +103,14 @@ class HSTUConfig:
 
 
 @dataclass
+class SASRecConfig:
+    # [ours] HSTU's output treatment in SASRec's attention, the same options as ELASTIC's (for a
+    # like-for-like baseline): gate the attention output by SiLU(W_u x + b_u), layer-normalise it first
+    output_gate: bool = False
+    output_norm: bool = False
+
+
+@dataclass
 class LinRecConfig:
     chunk_size: int = 64  # positions per chunk of the causal linear attention (memory vs speed)
 
@@ -123,6 +131,7 @@ class ModelConfig:
     # how a hidden state scores an item: "dot" (SASRec) or "cosine" (both L2-normalised, as in
     # HSTU's public experiments; pair it with a low train.temperature such as 0.05)
     score: str = "dot"
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     hstu: HSTUConfig = field(default_factory=HSTUConfig)
     linrec: LinRecConfig = field(default_factory=LinRecConfig)

@@ -21,10 +21,14 @@ def test_registry_lists_models():
         build_model(ModelConfig(name="nope"), 10)
 
 
+GATED = {"output_gate": True, "output_norm": True}
+
+
+@pytest.mark.parametrize("opts", [{}, {"output_gate": True}, GATED])
 @pytest.mark.parametrize("with_padding", [False, True])
-def test_sdpa_equals_reference(with_padding):
+def test_sdpa_equals_reference(with_padding, opts):
     torch.manual_seed(0)
-    attn = CausalSelfAttention(16, 2).eval()
+    attn = CausalSelfAttention(16, 2, **opts).eval()
     x = torch.randn(3, 10, 16, requires_grad=True)
     valid = torch.ones(3, 10, dtype=torch.bool)
     if with_padding:
@@ -99,3 +103,45 @@ def test_sasrec_rejects_elastic_only_positions(pos):
 
     with pytest.raises(ValueError, match="pos_encoding"):
         build_model(ModelConfig(name="sasrec", pos_encoding=pos), n_items=10)
+
+
+def _sasrec_cfg(**sasrec):
+    from elasticrec.config import SASRecConfig
+
+    return {"sasrec": SASRecConfig(**sasrec)}
+
+
+@pytest.mark.parametrize("name", ["sasrec", "sasrec-explicit"])
+def test_gated_sasrec_has_no_future_leakage_and_ignores_padding(name):
+    m = _model(name, **_sasrec_cfg(**GATED))
+    assert all(b.attn.gate is not None and b.attn.output_norm for b in m.blocks)
+    items = torch.randint(1, 51, (2, 24))
+    items[1, :5] = 0
+    assert_no_gradient_from_future(m, items, 13)
+    # a row alone, unpadded, equals the same row behind left padding in a batch
+    alone = m.encode(items[1:, 5:])
+    torch.testing.assert_close(m.encode(items)[1:, 5:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_output_gate_starts_near_the_identity():
+    """Gate bias 1.2785 (SiLU of it is 1.000): with W_u = 0 a gated SASRec computes what the
+    ungated one does with the same weights; training then moves W_u away from 0."""
+    plain, gated = _model(), _model(**_sasrec_cfg(output_gate=True))
+    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == [f"blocks.{i}.attn.gate.{p}" for i in (0, 1) for p in ("bias", "weight")]
+    for b in gated.blocks:
+        torch.testing.assert_close(b.attn.gate.bias, torch.full((16,), 1.2785))
+        torch.nn.init.zeros_(b.attn.gate.weight)
+    items = torch.randint(1, 51, (3, 24))
+    torch.testing.assert_close(gated.encode(items), plain.encode(items), atol=1e-4, rtol=1e-4)
+
+
+def test_output_norm_normalises_each_position():
+    torch.manual_seed(2)
+    attn = CausalSelfAttention(16, 2, output_norm=True).eval()
+    with torch.no_grad():
+        attn.out.weight.copy_(torch.eye(16))
+        attn.out.bias.zero_()
+    y = attn(torch.randn(2, 9, 16))
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 9), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(2, 9), atol=1e-3, rtol=0)

@@ -2,6 +2,8 @@
 
 Attention runs through PyTorch's fused ``scaled_dot_product_attention``; ``explicit_attention``
 switches to the L x L matrix form used by RecBole / the original code (efficiency baseline).
+``model.sasrec.output_gate`` / ``output_norm`` [ours] add HSTU's output gate and norm, the same
+options ELASTIC has, so a gain from them can be told apart from a gain of ELASTIC's attention.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from elasticrec.models.layers.common import FeedForward
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, explicit: bool, rotary: bool):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, explicit: bool, rotary: bool,
+                 output_gate: bool = False, output_norm: bool = False):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, heads, dropout, explicit=explicit, rotary=rotary)
+        self.attn = CausalSelfAttention(d, heads, dropout, explicit=explicit, rotary=rotary,
+                                        output_gate=output_gate, output_norm=output_norm)
         self.ffn = FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -39,10 +43,12 @@ class SASRec(SequentialRecommender):
         ffn = cfg.ffn_dim or d
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.n_heads, ffn, cfg.dropout, self.explicit_attention,
-                             cfg.pos_encoding == "rotary")
+                             cfg.pos_encoding == "rotary", cfg.sasrec.output_gate, cfg.sasrec.output_norm)
             for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
         self.init_weights()
+        for blk in self.blocks:
+            blk.attn.reset_gate()
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         x, valid = self.embed(items)

@@ -3,7 +3,9 @@
 ``CausalSelfAttention`` runs through ``torch.nn.functional.scaled_dot_product_attention``
 (FlashAttention / memory-efficient kernels on GPU). ``explicit=True`` materialises the L x L
 score matrix the way RecBole and the original SASRec code do; it is kept as a baseline for the
-efficiency benchmark and as the reference the tests compare against.
+efficiency benchmark and as the reference the tests compare against. ``output_gate`` /
+``output_norm`` apply HSTU's output treatment (:func:`~elasticrec.models.layers.common.gated_output`)
+before the output projection, as ELASTIC's options of the same names do.
 
 Sequences are left-padded: ``valid`` [B, L] is True at real items. Padding keys are masked; a
 padding query attends only to itself so no row is empty (its output is discarded anyway).
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticrec.models.layers.common import apply_rotary, rotary_tables
+from elasticrec.models.layers.common import GATE_BIAS, apply_rotary, gated_output, rotary_tables
 
 
 def causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -70,13 +72,16 @@ def reference_attention(q, k, v, valid=None, dropout_p: float = 0.0, training: b
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
-                 explicit: bool = False, rotary: bool = False):
+                 explicit: bool = False, rotary: bool = False, output_gate: bool = False,
+                 output_norm: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.h, self.dh = n_heads, d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
+        self.gate = nn.Linear(d_model, d_model) if output_gate else None  # HSTU's U (W_u)
+        self.output_norm = output_norm
         self.dropout = dropout
         self.explicit = explicit
         self.rotary = rotary
@@ -96,4 +101,9 @@ class CausalSelfAttention(nn.Module):
             qp, kp, vp = key_padding_features(q, k, v, valid)
             y = F.scaled_dot_product_attention(qp, kp, vp, dropout_p=p, is_causal=True,
                                                scale=1.0 / math.sqrt(self.dh))[..., : self.dh]
-        return self.out(y.transpose(1, 2).reshape(B, L, D))
+        return self.out(gated_output(y.transpose(1, 2).reshape(B, L, D), x, self.gate, self.output_norm))
+
+    def reset_gate(self) -> None:
+        """Gate bias at GATE_BIAS (the gate starts near the identity); call after a model-wide init."""
+        if self.gate is not None:
+            nn.init.constant_(self.gate.bias, GATE_BIAS)

@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+GATE_BIAS = 1.2785  # initial bias of an output gate: SiLU(1.2785) = 1.000, so it starts near the identity
+NORM_EPS = 1e-6     # epsilon of the output norm (HSTU's)
+
+
+def gated_output(y: torch.Tensor, x: torch.Tensor, gate: nn.Linear | None, norm: bool) -> torch.Tensor:
+    """HSTU's treatment of a merged-head attention output ``y`` [..., D] before ``W_o``:
+    layer-normalised without affine when ``norm`` (HSTU's ``Norm(A V)``), then multiplied by
+    ``SiLU(W_u x + b_u)`` of the query positions' inputs ``x`` when a ``gate`` is given (HSTU's ``U``)."""
+    if norm:
+        y = F.layer_norm(y, y.shape[-1:], eps=NORM_EPS)
+    if gate is not None:
+        y = y * F.silu(gate(x)).to(y.dtype)
+    return y
 
 
 class FeedForward(nn.Module):

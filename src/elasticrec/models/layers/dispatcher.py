@@ -104,7 +104,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticrec.models.layers.common import first_valid_index, residual_at, toeplitz_lower
+from elasticrec.models.layers.common import (GATE_BIAS, NORM_EPS, first_valid_index, gated_output, residual_at,
+                                            toeplitz_lower)
 
 # "minus infinity" for the running max of a state that holds no entry; finite so that combining
 # two empty states never computes inf - inf.
@@ -205,8 +206,6 @@ def _chunk_index(L: int, C: int, device=None) -> torch.Tensor:
 CHUNK_ALIGNS = ("end", "start")
 DISPATCHER_BIASES = ("none", "count", "items")
 _SKIP_LOGIT = -1e4   # "items" bias with no earlier item: exp() of it is 0 in fp32, yet finite
-_GATE_BIAS = 1.2785  # initial output-gate bias: SiLU of it is 1.000
-_NORM_EPS = 1e-6     # output_norm's layer-norm epsilon (HSTU's)
 
 
 class StreamState(NamedTuple):
@@ -309,7 +308,7 @@ class DispatcherAttention(nn.Module):
         if self.local_bias is not None:
             nn.init.zeros_(self.local_bias)
         if self.gate is not None:   # SiLU(1.2785) = 1.000: the gate starts near the identity
-            nn.init.constant_(self.gate.bias, _GATE_BIAS)
+            nn.init.constant_(self.gate.bias, GATE_BIAS)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.h}, n_dispatchers={self.k}, "
@@ -360,11 +359,7 @@ class DispatcherAttention(nn.Module):
         """Merged-head attention output y [..., D] -> layer output, gated by the query
         positions' inputs x [..., D] when ``output_gate`` is on (layer-normalised first with
         ``output_norm``)."""
-        if self.output_norm:
-            y = F.layer_norm(y, (self.d_model,), eps=_NORM_EPS)
-        if self.gate is not None:
-            y = y * F.silu(self.gate(x)).to(y.dtype)
-        return self.out(y)
+        return self.out(gated_output(y, x, self.gate, self.output_norm))
 
     def finish_pack(self, P: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Merged-head aggregates [..., k, D] -> dispatchers after output projection and memory.
@@ -688,7 +683,7 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
                 heads.append(w @ vals)
             y = torch.cat(heads)
             if m.output_norm:
-                y = (y - y.mean()) / torch.sqrt(y.var(unbiased=False) + _NORM_EPS)
+                y = (y - y.mean()) / torch.sqrt(y.var(unbiased=False) + NORM_EPS)
             if m.gate is not None:
                 y = y * F.silu(m.gate(x[b, t]))
             outs.append(m.out(y))
