@@ -110,3 +110,27 @@ def test_collect_runs_script_is_a_wrapper(tmp_path):
     assert "from elasticrec.bench.runs import main" in src
     (tmp_path / "not-a-run").mkdir()
     assert summarise(tmp_path / "not-a-run") is None
+
+
+def test_models_are_paired_with_the_baseline_user_by_user(tmp_path):
+    """Each non-baseline model gets a paired row: per-user NDCG@10 averaged over the seeds both
+    finished, so its difference is that of the two groups' mean test NDCG@10."""
+    from elasticrec.evaluate.significance import load_ranks, per_user
+
+    argv = ["bench", "accuracy", "--smoke", "--models", "sasrec,elastic", "--seeds", "1,2", "--jobs", "2",
+            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "out" / "accuracy.json").read_text())
+    (row,) = res["paired"]
+    assert (row["dataset"], row["model"], row["baseline"], row["seeds"]) == ("synthetic", "elastic", "sasrec", [1, 2])
+    means = {g["model"]: g["metrics"]["NDCG@10"]["mean"] for g in res["groups"]}
+    assert row["a"] == pytest.approx(means["sasrec"]) and row["b"] == pytest.approx(means["elastic"])
+    assert row["ci_low"] <= row["diff"] <= row["ci_high"] and 0 < row["p_value"] <= 1
+    assert row["n_users"] == 48
+    ranks = [load_ranks(tmp_path / "runs" / f"synthetic-elastic-s{s}")[1] for s in (1, 2)]
+    assert row["b"] == pytest.approx(sum(per_user(r, "NDCG@10").mean() for r in ranks) / 2)
+    md = (tmp_path / "out" / "accuracy.md").read_text()
+    assert "Paired against sasrec, NDCG@10" in md and "| synthetic | elastic | 1,2 |" in md
+    # without the baseline among the models there is nothing to pair
+    assert main([*argv[:4], "elastic", *argv[5:], "--collect-only"]) == 0
+    assert json.loads((tmp_path / "out" / "accuracy.json").read_text())["paired"] == []

@@ -136,10 +136,9 @@ def paired_test(xa: np.ndarray, xb: np.ndarray, metric: str = "", n_resamples: i
 COMPARABLE = ("dataset", "data_key", "n_items", "stage", "protocol", "exclude_history")
 
 
-def compare_runs(a: str | Path, b: str | Path, metrics=DEFAULT_METRICS, stage: str = "test",
-                 n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
-                 ) -> tuple[list[PairedResult], dict, dict]:
-    """Paired comparison of two runs (directories or ranks files) on each metric."""
+def load_pair(a: str | Path, b: str | Path, stage: str = "test") -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """The ranks of two runs (directories or ranks files), checked to be of the same users in the
+    same order under the same data and protocol: (ranks_a, ranks_b, meta_a, meta_b)."""
     ua, ra, ma = load_ranks(a, stage)
     ub, rb, mb = load_ranks(b, stage)
     for key in COMPARABLE:
@@ -150,6 +149,14 @@ def compare_runs(a: str | Path, b: str | Path, metrics=DEFAULT_METRICS, stage: s
         only_a, only_b = np.setdiff1d(ua, ub).size, np.setdiff1d(ub, ua).size
         raise RanksError(f"{ma['source']} and {mb['source']} rank different users ({only_a} only in A, "
                          f"{only_b} only in B): was the data filtered or split differently?")
+    return ra, rb, ma, mb
+
+
+def compare_runs(a: str | Path, b: str | Path, metrics=DEFAULT_METRICS, stage: str = "test",
+                 n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+                 ) -> tuple[list[PairedResult], dict, dict]:
+    """Paired comparison of two runs (directories or ranks files) on each metric."""
+    ra, rb, ma, mb = load_pair(a, b, stage)
     out = [paired_test(per_user(ra, m), per_user(rb, m), m, n_resamples, confidence, seed) for m in metrics]
     return out, ma, mb
 
