@@ -55,8 +55,8 @@ def save_ranks(path: str | Path, users: np.ndarray, ranks: np.ndarray, meta: dic
     order = np.argsort(users, kind="stable")
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez(f, users=users[order], ranks=ranks[order], meta=np.array(json.dumps(meta)))
+        with open(tmp, "wb") as f:  # a file object: np.savez* would append ".npz" to a path
+            np.savez_compressed(f, users=users[order], ranks=ranks[order], meta=np.array(json.dumps(meta)))
 
     atomic_save(path, write)
 
