@@ -40,7 +40,8 @@ ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for eve
 #   ACC_ARGS="--set model.score=cosine --set train.temperature=0.05"
 #   (best ELASTIC setting on ML-1M so far, CPU: also --set model.elastic.memory=false
 #    --set model.elastic.dispatcher_bias=items --set model.elastic.output_gate=true; to try:
-#    --set model.elastic.output_norm=true and model.n_layers=4 or 8, see docs/results.md)
+#    --set model.elastic.output_norm=true and model.n_layers=4 or 8, see docs/results.md;
+#    --set model.sasrec.output_gate=true gives SASRec the same gate, for a like-for-like baseline)
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
