@@ -10,17 +10,24 @@ from __future__ import annotations
 import numpy as np
 
 
+def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-user values of ``HR@K``, ``NDCG@K`` or ``MRR`` from 0-based ranks (their mean is the metric)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    name, _, k = metric.partition("@")
+    if name == "MRR" and not k:
+        return 1.0 / (r + 1.0)
+    if name in ("HR", "NDCG") and k.isdigit() and int(k) > 0:
+        hit = r < int(k)
+        return hit.astype(np.float64) if name == "HR" else hit / np.log2(r + 2.0)
+    raise ValueError(f"unknown metric {metric!r}; use HR@K, NDCG@K or MRR")
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks=(1, 5, 10, 20, 50, 200)) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no ranks to average: the evaluation set is empty")
-    out: dict[str, float] = {}
-    for k in ks:
-        hit = ranks < k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float((hit / np.log2(ranks + 2)).mean())
-    out["MRR"] = float((1.0 / (ranks + 1)).mean())
-    return out
+    names = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")] + ["MRR"]
+    return {name: float(per_user(ranks, name).mean()) for name in names}
 
 
 class MetricAccumulator:

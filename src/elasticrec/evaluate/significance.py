@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from elasticrec.evaluate.metrics import per_user  # noqa: F401  (re-exported: the per-user values compared here)
 from elasticrec.utils import atomic_save
 
 DEFAULT_METRICS = ("HR@10", "NDCG@10", "MRR")
@@ -33,18 +34,6 @@ class RanksError(ValueError):
 
 def ranks_path(run_dir: str | Path, stage: str = "test") -> Path:
     return Path(run_dir) / f"{stage}_ranks.npz"
-
-
-def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Per-user values of ``HR@K``, ``NDCG@K`` or ``MRR`` from 0-based ranks (their mean is the metric)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    name, _, k = metric.partition("@")
-    if name == "MRR" and not k:
-        return 1.0 / (r + 1.0)
-    if name in ("HR", "NDCG") and k.isdigit() and int(k) > 0:
-        hit = r < int(k)
-        return hit.astype(np.float64) if name == "HR" else hit / np.log2(r + 2.0)
-    raise ValueError(f"unknown metric {metric!r}; use HR@K, NDCG@K or MRR")
 
 
 def save_ranks(path: str | Path, users: np.ndarray, ranks: np.ndarray, meta: dict) -> None:

@@ -295,7 +295,8 @@ class Trainer:
         """(users, 0-based target ranks); with several processes each scores a shard, merged here."""
         users = self.data.eval_users(stage)[self.dist.rank::self.dist.world]
         ranks = self.evaluator.ranks(self.model, stage, users)
-        return dist.gather_concat(users, self.dist), dist.gather_concat(ranks, self.dist)
+        merged = dist.gather_concat(np.stack([users, ranks], axis=1).astype(np.int64), self.dist)  # one collective
+        return merged[:, 0], merged[:, 1]
 
     def evaluate(self, stage: str) -> dict:
         """Full-ranking metrics of every user with a ``stage`` target."""
