@@ -24,6 +24,19 @@ def test_wrong_type_and_bad_choice():
         merge(ExperimentConfig(), parse_override("train.loss=hinge"))
 
 
+def test_unquoted_off_reads_as_the_choice(tmp_path):
+    # YAML 1.1 reads an unquoted off as False; train.amp has "off" among its choices
+    assert merge(ExperimentConfig(), parse_override("train.amp=off")).train.amp == "off"
+    p = tmp_path / "amp.yaml"
+    p.write_text("train:\n  amp: off\n")
+    assert load_config(p).train.amp == "off"
+    # a boolean for a string option without such a choice still fails, and says why
+    with pytest.raises(ConfigError, match="train.loss: expected a string, got True.*quote"):
+        merge(ExperimentConfig(), parse_override("train.loss=yes"))
+    with pytest.raises(ConfigError, match="train.amp: expected a string, got True"):
+        merge(ExperimentConfig(), parse_override("train.amp=on"))
+
+
 def test_yaml_errors_name_file_and_line(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("train:\n  lr: [1,\n")

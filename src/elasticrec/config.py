@@ -264,6 +264,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r} (YAML reads unquoted "
+                              f"on/off/yes/no as true/false: quote the value)")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported type {tp}")
 
@@ -281,9 +284,24 @@ def from_dict(cls: type, d: dict, where: str = "") -> Any:
         path = f"{where}.{k}" if where else k
         if k not in hints:
             raise ConfigError(f"unknown key '{path}'; valid keys here: {', '.join(names)}")
-        kwargs[k] = _coerce(v, hints[k], path)
+        kwargs[k] = _coerce(_bool_as_choice(path, v), hints[k], path)
         _check_choice(path, kwargs[k])
     return cls(**kwargs)
+
+
+# YAML 1.1 (PyYAML) reads unquoted off/no/false and on/yes/true as booleans
+_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+
+
+def _bool_as_choice(path: str, value: Any) -> Any:
+    """``train.amp=off`` arrives as ``False``; give back the word when it is one of the
+    option's choices, so that the unquoted spelling works as written."""
+    choices = CHOICES.get(path)
+    if isinstance(value, bool) and choices is not None:
+        for word in _YAML_BOOL_WORDS[value]:
+            if word in choices:
+                return word
+    return value
 
 
 def _check_choice(path: str, value: Any) -> None:
@@ -305,7 +323,7 @@ def merge(cfg: Any, d: dict, where: str = "") -> Any:
         if dataclasses.is_dataclass(cur) and isinstance(v, dict):
             updates[k] = merge(cur, v, path)
         else:
-            updates[k] = _coerce(v, hints[k], path)
+            updates[k] = _coerce(_bool_as_choice(path, v), hints[k], path)
             _check_choice(path, updates[k])
     return dataclasses.replace(cfg, **updates)
 
