@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,6 +33,28 @@ def fsync_dir(path: str | Path) -> None:
             os.close(dfd)
 
 
+# a temporary older than this is a killed writer's: no write of ours takes a day
+STALE_TEMP_AGE_S = 24 * 3600.0
+
+
+def sweep_stale(directory: str | Path, pattern: str, max_age_s: float = STALE_TEMP_AGE_S) -> int:
+    """Remove the entries of ``directory`` matching ``pattern`` (files or folders) that have not
+    been modified for ``max_age_s`` seconds: the temporaries a writer leaves when it is killed
+    before its own clean-up runs. Returns how many were removed; never raises."""
+    removed, now = 0, time.time()
+    with contextlib.suppress(OSError):
+        for p in Path(directory).glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - p.lstat().st_mtime < max_age_s:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
@@ -39,6 +64,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path.parent, f".{glob.escape(path.name)}.*.tmp")  # a killed writer's leftovers
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -139,6 +139,27 @@ def test_save_over_existing_corrupt_entry(tmp_path):
     assert not leftovers(tmp_path)
 
 
+def test_killed_writers_leftovers_are_swept_once_stale(tmp_path):
+    import os
+
+    c = cfg(tmp_path)
+    d = load_dataset(c)
+    (e,) = entries(tmp_path)
+    # what a writer killed mid-save leaves: a temporary entry and a trash folder
+    old_tmp, old_trash = e.parent / f".tmp-{e.name}-dead", e.parent / f".trash-{e.name}-dead"
+    live_tmp = e.parent / f".tmp-{e.name}-live"  # another writer's, still being written
+    for p in (old_tmp, old_trash, live_tmp):
+        p.mkdir()
+        (p / "items.npy").write_bytes(b"partial")
+    day_ago = time.time() - 2 * 24 * 3600
+    for p in (old_tmp, old_trash):
+        os.utime(p, (day_ago, day_ago))
+    cache.save(e, d)
+    assert not old_tmp.exists() and not old_trash.exists()
+    assert live_tmp.exists()  # fresh: may belong to a live writer
+    assert cache.read_entry(e).items.tolist() == d.items.tolist()
+
+
 def test_source_digest_memo(tmp_path, monkeypatch):
     c = cfg(tmp_path)
     load_dataset(c)

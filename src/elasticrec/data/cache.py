@@ -19,6 +19,7 @@ load does not re-hash a large source file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import atomic_write_json, file_digest, fsync_dir, fsync_file
+from ..utils import atomic_write_json, file_digest, fsync_dir, fsync_file, sweep_stale
 from .sequences import SequenceData
 
 # Bump whenever readers/preprocessing change what they produce for the same input.
@@ -164,6 +165,8 @@ def load(d: Path, mmap: bool = False) -> SequenceData | None:
 def save(d: Path, data: SequenceData) -> None:
     """Atomically write ``data`` as entry ``d`` (safe against concurrent writers and readers)."""
     d.parent.mkdir(parents=True, exist_ok=True)
+    for kind in (".tmp-", ".trash-"):  # left by a writer killed mid-save
+        sweep_stale(d.parent, f"{kind}{glob.escape(d.name)}-*")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{d.name}-", dir=d.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the entry is a normal shared cache dir
