@@ -48,3 +48,18 @@ def test_ce_loss_benchmark_writes_its_table(tmp_path):
     assert [(r["tokens"], r["items"]) for r in rows] == [(64, 50), (33, 7)]
     assert all("time_s" in r[i] for r in rows for i in ("plain", "chunked"))
     assert "| 64 x 50 | 64 | 50 |" in (out.with_suffix(".md")).read_text()
+
+
+def test_amp_cpu_benchmark_writes_its_table(tmp_path):
+    """benchmarks/amp_cpu.py on a tiny batch: both models, fp32 and bf16, and the table."""
+    import json
+    import sys
+
+    out = tmp_path / "amp"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "amp_cpu.py"), "--out", str(out),
+                    "--layers", "1", "--threads", "1", "--repeats", "1", "--batch", "2",
+                    "--length", "40"], check=True, capture_output=True)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["model"], r["layers"]) for r in rows] == [("elastic", 1), ("sasrec", 1)]
+    assert all(r["fp32_s"] > 0 and r["bf16_s"] > 0 for r in rows)
+    assert "| elastic | 1 | 1 |" in out.with_suffix(".md").read_text()
