@@ -186,3 +186,21 @@ def test_chunked_and_plain_ce_train_the_same_model(cyclic_data, tmp_path):
         tr.fit()
         weights.append(torch.cat([p.detach().flatten() for p in tr.model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_on_cpu_caps_onednns_shape_cache_unless_the_user_did(cyclic_data, tmp_path, monkeypatch):
+    """bf16 autocast on CPU caches one oneDNN primitive per shape (1,024 by default); the loss's
+    row count changes every batch, so without a cap a long CPU run grows by gigabytes."""
+    import os
+
+    from elasticrec.utils import ONEDNN_CACHE_CAPACITY
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    Trainer(small_cfg(tmp_path / "fp32", amp="off", device="cpu"), data=cyclic_data)
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # fp32: untouched
+    tr = Trainer(small_cfg(tmp_path / "bf16", amp="bf16", device="cpu", epochs=1), data=cyclic_data)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == ONEDNN_CACHE_CAPACITY
+    assert np.isfinite(tr.fit()["NDCG@10"])  # and bf16 training on CPU runs end to end
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+    Trainer(small_cfg(tmp_path / "own", amp="bf16", device="cpu"), data=cyclic_data)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"  # the user's value is kept

@@ -41,7 +41,7 @@ from elasticrec.train import distributed as dist
 from elasticrec.train.batches import TrainSequences
 from elasticrec.train.checkpoint import load_best, load_checkpoint, save_best, save_checkpoint
 from elasticrec.train.losses import next_item_loss
-from elasticrec.utils import atomic_write_json, resolve_device, seed_everything
+from elasticrec.utils import atomic_write_json, limit_onednn_cache, resolve_device, seed_everything
 
 
 class TrainingError(RuntimeError):
@@ -127,6 +127,8 @@ class Trainer:
         self.state = TrainState()
         self._stop_rng = self._stop_cuda_rng = None  # RNG state at a mid-epoch stop
         self.amp = (t.amp == "bf16") or (t.amp == "auto" and self.device.type == "cuda")
+        if self.amp and self.device.type == "cpu":
+            limit_onednn_cache()  # else its per-shape cache grows with every batch's row count
         counts = torch.from_numpy(self.data.item_counts("train").astype(np.float64) + 1.0)
         self.log_q = (counts / counts.sum()).log().float().to(self.device)
         self.main = self.dist.is_main  # only rank 0 writes the run directory
