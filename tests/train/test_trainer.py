@@ -204,3 +204,14 @@ def test_bf16_on_cpu_caps_onednns_shape_cache_unless_the_user_did(cyclic_data, t
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
     Trainer(small_cfg(tmp_path / "own", amp="bf16", device="cpu"), data=cyclic_data)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"  # the user's value is kept
+
+
+def test_last_epoch_is_validated_even_off_the_eval_every_grid(cyclic_data, tmp_path):
+    """eval_every larger than epochs once left no best checkpoint, and the test step failed."""
+    import json
+
+    tr = Trainer(small_cfg(tmp_path, epochs=3, eval_every=2), data=cyclic_data)
+    res = tr.fit()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "valid/NDCG@10" in r] == [1, 2]
+    assert res["best_epoch"] in (1, 2) and np.isfinite(res["NDCG@10"])

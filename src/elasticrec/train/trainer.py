@@ -186,7 +186,8 @@ class Trainer:
             ep_stats = self._train_epoch(s.epoch, t_start)
             partial = "partial_epoch" in ep_stats  # stopped before the epoch's last batch
             rec = {"epoch": s.epoch, "step": s.step, **ep_stats}
-            if (s.epoch + 1) % t.eval_every == 0 or ep_stats.get("stopped"):
+            # the last epoch is always validated, so a best checkpoint exists to test
+            if (s.epoch + 1) % t.eval_every == 0 or s.epoch + 1 == t.epochs or ep_stats.get("stopped"):
                 val = self.evaluate("valid")
                 rec.update({f"valid/{k}": v for k, v in val.items()})
                 score = val[self.cfg.eval.select_metric]
