@@ -284,8 +284,7 @@ def from_dict(cls: type, d: dict, where: str = "") -> Any:
         path = f"{where}.{k}" if where else k
         if k not in hints:
             raise ConfigError(f"unknown key '{path}'; valid keys here: {', '.join(names)}")
-        kwargs[k] = _coerce(_bool_as_choice(path, v), hints[k], path)
-        _check_choice(path, kwargs[k])
+        kwargs[k] = _field_value(v, hints[k], path)
     return cls(**kwargs)
 
 
@@ -310,6 +309,14 @@ def _check_choice(path: str, value: Any) -> None:
         raise ConfigError(f"{path}: invalid value {value!r}; choose one of {', '.join(choices)}")
 
 
+def _field_value(value: Any, tp: Any, path: str) -> Any:
+    """A YAML/override value for field ``path`` of type ``tp``: type-checked and, where the
+    field has a fixed set of choices, one of them (what both from_dict and merge apply)."""
+    value = _coerce(_bool_as_choice(path, value), tp, path)
+    _check_choice(path, value)
+    return value
+
+
 def merge(cfg: Any, d: dict, where: str = "") -> Any:
     """Return a copy of dataclass ``cfg`` with the (nested) values of ``d`` applied."""
     hints = _hints(type(cfg))
@@ -323,8 +330,7 @@ def merge(cfg: Any, d: dict, where: str = "") -> Any:
         if dataclasses.is_dataclass(cur) and isinstance(v, dict):
             updates[k] = merge(cur, v, path)
         else:
-            updates[k] = _coerce(_bool_as_choice(path, v), hints[k], path)
-            _check_choice(path, updates[k])
+            updates[k] = _field_value(v, hints[k], path)
     return dataclasses.replace(cfg, **updates)
 
 
