@@ -54,3 +54,23 @@ def test_all_presets_load():
         cfg = load_config(p)
         assert cfg.data.name == p.parent.name, p
         assert cfg.model.name == p.stem, p
+
+
+def test_variant_presets_load_and_differ_from_their_base():
+    """configs/<dataset>/<variant>/<model>.yaml: a named set of settings on top of the preset."""
+    variants = sorted((ROOT / "configs").glob("*/*/*.yaml"))
+    assert variants, "no variant presets found"
+    for p in variants:
+        cfg = load_config(p)
+        assert cfg.data.name == p.parent.parent.name, p
+        assert cfg.model.name == p.stem, p
+        assert cfg != load_config(p.parent.parent / p.name), f"{p} changes nothing over its base"
+
+
+def test_large_ml1m_presets_are_like_for_like():
+    """The 8-layer ML-1M set compares models at equal depth, scores and temperature."""
+    cfgs = {m: load_config(ROOT / "configs/ml-1m/large" / f"{m}.yaml") for m in ("elastic", "sasrec", "hstu")}
+    assert {(c.model.n_layers, c.model.score, c.train.temperature, c.model.max_len) for c in cfgs.values()} \
+        == {(8, "cosine", 0.05, 200)}
+    assert cfgs["elastic"].model.elastic.output_gate and cfgs["sasrec"].model.sasrec.output_gate
+    assert (cfgs["hstu"].model.d_model, cfgs["hstu"].model.n_heads) == (50, 2)  # HSTU-large's size
