@@ -42,6 +42,8 @@ ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for eve
 #    --set model.elastic.dispatcher_bias=items --set model.elastic.output_gate=true; to try:
 #    --set model.elastic.output_norm=true and model.n_layers=4 or 8, see docs/results.md;
 #    --set model.sasrec.output_gate=true gives SASRec the same gate, for a like-for-like baseline)
+#   ACC_DATASETS=ml-1m-large ACC_MODELS=sasrec,hstu,elastic runs the 8-layer like-for-like set of
+#   configs/ml-1m/large/ (HSTU at HSTU-large's size) without any ACC_ARGS
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}

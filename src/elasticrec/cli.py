@@ -12,10 +12,10 @@ from elasticrec.config import ConfigError, ExperimentConfig, load_config, merge,
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
-def preset_path(dataset: str, model: str) -> Path | None:
-    """``configs/<dataset>/<model>.yaml`` from the working directory or the source checkout."""
+def preset_path(dataset: str, model: str, variant: str | None = None) -> Path | None:
+    """``configs/<dataset>/[<variant>/]<model>.yaml`` from the working directory or the source checkout."""
     for root in (Path.cwd() / "configs", PACKAGE_ROOT.parent.parent / "configs"):
-        p = root / dataset / f"{model}.yaml"
+        p = root / dataset / (variant or "") / f"{model}.yaml"
         if p.exists():
             return p
     return None

@@ -79,6 +79,14 @@ def test_ml1m_at_l1000_uses_the_ml1m_presets():
     assert job.name == "ml-1m-1000-hstu-s42"
 
 
+def test_ml1m_large_uses_the_variant_presets():
+    jobs, notes = acc.plan(["ml-1m-large"], ["elastic", "hstu", "linrec"], [42], acc.Path("runs"))
+    assert [j.name for j in jobs] == ["ml-1m-large-elastic-s42", "ml-1m-large-hstu-s42"]
+    assert notes == ["ml-1m-large / linrec: no preset configs/ml-1m/large/linrec.yaml; skipped"]
+    cmd = " ".join(acc.train_command(jobs[1], 1, 300, None, "cuda", resume=False))
+    assert "configs/ml-1m/large/hstu.yaml" in cmd and "--dataset ml-1m " in cmd
+
+
 def test_long_synthetic_dataset_and_commands():
     (job,), _ = acc.plan(["synthetic-4096"], ["elastic"], [42], acc.Path("runs"))
     cmd = " ".join(acc.train_command(job, 2, 300, 5, "cuda", resume=False))

@@ -51,6 +51,7 @@ class BenchDataset:
     preset: str  # configs/<preset>/<model>.yaml and data.name
     overrides: tuple[str, ...] = ()
     about: str = ""
+    variant: str | None = None  # configs/<preset>/<variant>/<model>.yaml instead
 
 
 # Benchmark dataset names: the presets as they are, plus settings that need overrides.
@@ -65,6 +66,8 @@ DATASETS: dict[str, BenchDataset] = {
     "ml-1m-1000": BenchDataset("ml-1m", ("model.max_len=1000",),
                                "MovieLens-1M at L=1000: the longest real histories here (41 users with >= 1,000 "
                                "events); the ML-1M presets otherwise"),
+    "ml-1m-large": BenchDataset("ml-1m", (), "MovieLens-1M, L=200, 8 layers, cosine scores, output gate "
+                                "(configs/ml-1m/large/: HSTU at HSTU-large's size)", variant="large"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
@@ -113,9 +116,10 @@ def plan(datasets: list[str], models: list[str], seeds: list[int], runs_dir: Pat
                                   f"(or any configs/<dataset>/ folder)")
             bd = BenchDataset(ds)
         for m in models:
-            preset = preset_path(bd.preset, m)
+            preset = preset_path(bd.preset, m, bd.variant)
             if preset is None:
-                notes.append(f"{ds} / {m}: no preset configs/{bd.preset}/{m}.yaml; skipped")
+                where = f"{bd.preset}/{bd.variant}" if bd.variant else bd.preset
+                notes.append(f"{ds} / {m}: no preset configs/{where}/{m}.yaml; skipped")
                 continue
             for s in seeds:
                 jobs.append(Job(ds, m, s, preset, runs_dir / f"{ds}-{m}-s{s}", [*bd.overrides, *extra]))
