@@ -118,8 +118,7 @@ def plan(datasets: list[str], models: list[str], seeds: list[int], runs_dir: Pat
         for m in models:
             preset = preset_path(bd.preset, m, bd.variant)
             if preset is None:
-                where = f"{bd.preset}/{bd.variant}" if bd.variant else bd.preset
-                notes.append(f"{ds} / {m}: no preset configs/{where}/{m}.yaml; skipped")
+                notes.append(f"{ds} / {m}: no preset configs/{Path(bd.preset, bd.variant or '', f'{m}.yaml')}; skipped")
                 continue
             for s in seeds:
                 jobs.append(Job(ds, m, s, preset, runs_dir / f"{ds}-{m}-s{s}", [*bd.overrides, *extra]))
