@@ -44,6 +44,8 @@ ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for eve
 #    --set model.sasrec.output_gate=true gives SASRec the same gate, for a like-for-like baseline)
 #   ACC_DATASETS=ml-1m-large ACC_MODELS=sasrec,hstu,elastic runs the 8-layer like-for-like set of
 #   configs/ml-1m/large/ (HSTU at HSTU-large's size) without any ACC_ARGS
+#   ACC_ARGS="--set train.windows=all" trains every model on every item of long histories, not
+#   only each user's last max_len (README, "Which parts of a long history are trained on")
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}

@@ -161,6 +161,10 @@ class TrainConfig:
     eval_every: int = 1
     max_steps: int | None = None  # hard cap on optimizer steps (smoke runs)
     time_budget_s: float | None = None  # stop training after this many seconds
+    # which windows of a long history an epoch trains on (elasticrec.train.batches): last (the
+    # most recent max_len+1 items per user) | all (every training item is a target once per
+    # epoch, more samples) | random (one window per user, end drawn anew every epoch)
+    windows: str = "last"
     deterministic: bool = False
     num_threads: int | None = None
     progress: bool = True
@@ -195,6 +199,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.elastic.memory_site": ("dispatchers", "tokens", "queries"),
     "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
+    "train.windows": ("last", "all", "random"),
     "train.loss": ("ce", "sampled", "bce"),
     "train.ce_impl": ("chunked", "plain"),
     "train.amp": ("auto", "bf16", "off"),

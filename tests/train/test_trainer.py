@@ -215,3 +215,16 @@ def test_last_epoch_is_validated_even_off_the_eval_every_grid(cyclic_data, tmp_p
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if "valid/NDCG@10" in r] == [1, 2]
     assert res["best_epoch"] in (1, 2) and np.isfinite(res["NDCG@10"])
+
+
+@pytest.mark.parametrize("windows", ["all", "random"])
+def test_train_windows_learn_and_size_the_epoch(cyclic_data, tmp_path, windows):
+    cfg = merge(small_cfg(tmp_path, windows=windows, epochs=3), {"model": {"max_len": 6}})
+    tr = Trainer(cfg, data=cyclic_data)
+    last = TrainSequences(cyclic_data, 6)
+    assert (len(tr.seqs) > len(last)) == (windows == "all")  # histories of 8-20 items, L=6
+    assert tr.steps_per_epoch == -(-len(tr.seqs) // 16)
+    res = tr.fit()
+    assert res["HR@10"] > 0.5, res
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 3 * tr.steps_per_epoch

@@ -112,7 +112,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.seqs = TrainSequences(self.data, cfg.model.max_len)
+        self.seqs = TrainSequences(self.data, cfg.model.max_len, t.windows)
         # models that read timestamps get them when the data has them (else they run without)
         self.use_timestamps = self.model.uses_timestamps and self.data.timestamps is not None
         if self.model.uses_timestamps and not self.use_timestamps and self.dist.is_main:
@@ -233,15 +233,17 @@ class Trainer:
         stopped = None
         world = self.dist.world
         batches = self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world)
-        for users in itertools.islice(batches, start, None):
-            inputs, targets = self.seqs.batch(users if len(users) else self.seqs.users[:1])
-            if not len(users):  # short last global batch: this rank contributes nothing
+        for users, ends in itertools.islice(batches, start, None):
+            if not len(users):  # short last global batch: this rank runs one masked sample
+                users, ends = self.seqs.users[:1], None
+            inputs, targets = self.seqs.batch(users, ends)
+            if ends is None:
                 targets[:] = 0
             x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
             y = torch.from_numpy(targets).to(self.device, non_blocking=True)
             ts = None
             if self.use_timestamps:
-                ts = torch.from_numpy(self.seqs.batch_timestamps(users if len(users) else self.seqs.users[:1]))
+                ts = torch.from_numpy(self.seqs.batch_timestamps(users, ends))
                 ts = ts.to(self.device, non_blocking=True)
             ctx = torch.autocast("cuda" if self.device.type == "cuda" else "cpu", dtype=torch.bfloat16) \
                 if self.amp else contextlib.nullcontext()

@@ -1,0 +1,106 @@
+"""Training windows (train.windows): which parts of each history an epoch trains on."""
+
+import numpy as np
+import pytest
+
+from elasticrec.data.sequences import SequenceData
+from elasticrec.train.batches import TrainSequences
+
+
+def position_data(lengths=(3, 4, 9, 25, 40), timestamps=True) -> SequenceData:
+    """Item id = global position + 1, so every target names the position it came from."""
+    lens = np.array(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    n = int(offsets[-1])
+    return SequenceData(items=np.arange(1, n + 1, dtype=np.int64), offsets=offsets, n_items=n,
+                        item_raw_ids=np.array(["<pad>"] + [f"i{i}" for i in range(n)]),
+                        user_raw_ids=np.array([f"u{u}" for u in range(len(lens))]),
+                        timestamps=np.arange(n, dtype=np.int64) * 10 + 7 if timestamps else None)
+
+
+def train_positions(data: SequenceData, u: int) -> np.ndarray:
+    """Item ids of u's training history (all but the last two items)."""
+    return data.items[data.offsets[u]: data.offsets[u + 1] - 2]
+
+
+def epoch(ts: TrainSequences, seed=0, batch_size=3, rank=0, world=1):
+    rng = np.random.default_rng(seed)
+    return [ts.batch(u, e) + (u, e) for u, e in ts.epoch_batches(batch_size, rng, rank, world)]
+
+
+def check_window(data, x, y, u, L):
+    """A window is a contiguous, left-padded slice of u's training history, shifted by one."""
+    hist = train_positions(data, u)
+    m = y > 0
+    assert (x > 0).tolist() == m.tolist() and m.sum() <= L
+    assert list(y[m]) == list(x[m] + 1)  # next position
+    assert set(y[m]) <= set(hist[1:]) and set(x[m]) <= set(hist[:-1])  # never valid/test items
+    assert not m[: L - m.sum()].any()  # left padding only
+
+
+@pytest.mark.parametrize("L", [4, 8, 50])
+def test_all_windows_predict_every_training_item_once(L):
+    data = position_data()
+    ts = TrainSequences(data, L, windows="all")
+    seen = []
+    for x, y, users, ends in epoch(ts):
+        for i, u in enumerate(users):
+            check_window(data, x[i], y[i], u, L)
+            seen += list(y[i][y[i] > 0])
+    expected = np.concatenate([train_positions(data, u)[1:] for u in ts.users])
+    assert sorted(seen) == sorted(expected)  # each training target exactly once
+    assert len(ts) == sum(-(-(len(train_positions(data, u)) - 1) // L) for u in ts.users)
+
+
+def test_last_windows_are_the_most_recent_and_the_default():
+    data, L = position_data(), 8
+    ts = TrainSequences(data, L)
+    assert ts.windows == "last" and len(ts) == len(ts.users)
+    for x, y, users, ends in epoch(ts):
+        for i, u in enumerate(users):
+            check_window(data, x[i], y[i], u, L)
+            assert y[i][-1] == train_positions(data, u)[-1]
+        assert (ts.batch(users)[1] == y).all()  # ends=None means the last window
+
+
+def test_random_windows_vary_by_epoch_are_full_and_reproducible():
+    data, L = position_data(), 8
+    ts = TrainSequences(data, L, windows="random")
+    assert len(ts) == len(ts.users)
+    last_targets = {}
+    for seed in range(6):
+        for x, y, users, ends in epoch(ts, seed):
+            for i, u in enumerate(users):
+                check_window(data, x[i], y[i], u, L)
+                n_train = len(train_positions(data, u))
+                assert (y[i] > 0).sum() == min(L, n_train - 1)  # always a full window
+                last_targets.setdefault(int(u), set()).add(int(y[i][-1]))
+    assert len(last_targets[4]) > 3  # 40 items, L=8: the window moves
+    assert 0 not in last_targets  # 3 items leave 1 for training: no (input, target) pair
+    assert len(last_targets[1]) == 1  # 4 items: one window only
+    a, b = epoch(ts, 3), epoch(ts, 3)
+    assert all((p[1] == q[1]).all() for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("windows", ["last", "all", "random"])
+def test_timestamps_align_with_inputs(windows):
+    data = position_data()
+    ts = TrainSequences(data, 8, windows=windows)
+    for x, y, users, ends in epoch(ts, 1):
+        t = ts.batch_timestamps(users, ends)
+        m = x > 0
+        assert (t[m] == (x[m] - 1) * 10 + 7).all() and (t[~m] == 0).all()
+
+
+def test_ranks_split_each_global_batch():
+    data = position_data()
+    ts = TrainSequences(data, 4, windows="all")
+    full = epoch(ts, 2, batch_size=4)
+    r0, r1 = epoch(ts, 2, 4, 0, 2), epoch(ts, 2, 4, 1, 2)
+    for f, a, b in zip(full, r0, r1):
+        assert sorted(zip(f[2], f[3])) == sorted(list(zip(a[2], a[3])) + list(zip(b[2], b[3])))
+
+
+def test_unknown_windows_is_rejected():
+    with pytest.raises(ValueError, match="train.windows"):
+        TrainSequences(position_data(), 8, windows="sliding")
