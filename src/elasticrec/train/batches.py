@@ -43,19 +43,23 @@ class TrainSequences:
         """Samples per epoch."""
         return len(self.sample_users)
 
-    def _ends(self, users: np.ndarray, ends: np.ndarray | None) -> np.ndarray:
-        return self.train_len[users] if ends is None else ends
+    def _windows(self, users: np.ndarray, ends: np.ndarray | None):
+        """For each sample, the [lo, hi) range of ``data.items`` holding its window: at most L+1
+        items of the user's history ending at position ``end`` (default: the training history's
+        end). ``batch`` and ``batch_timestamps`` slice the same ranges, so they stay aligned."""
+        ends = self.train_len[users] if ends is None else ends
+        for u, e in zip(users, ends):
+            start, e = int(self.data.offsets[u]), int(e)
+            yield start + max(0, e - self.max_len - 1), start + e
 
     def batch(self, users: np.ndarray, ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, targets) [B, max_len] for the windows of ``users`` ending at ``ends`` (history
         positions; default: each user's most recent window)."""
         L = self.max_len
-        ends = self._ends(users, ends)
         inputs = np.zeros((len(users), L), dtype=np.int64)
         targets = np.zeros((len(users), L), dtype=np.int64)
-        for i, (u, e) in enumerate(zip(users, ends)):
-            start = int(self.data.offsets[u])
-            seq = self.data.items[start + max(0, int(e) - L - 1): start + int(e)]
+        for i, (lo, hi) in enumerate(self._windows(users, ends)):
+            seq = self.data.items[lo:hi]  # the inputs plus one more item: the last target
             n = len(seq) - 1
             inputs[i, L - n:] = seq[:-1]
             targets[i, L - n:] = seq[1:]
@@ -67,11 +71,9 @@ class TrainSequences:
         if self.data.timestamps is None:
             raise ValueError("this dataset has no timestamps")
         L = self.max_len
-        ends = self._ends(users, ends)
         out = np.zeros((len(users), L), dtype=np.int64)
-        for i, (u, e) in enumerate(zip(users, ends)):
-            start = int(self.data.offsets[u])
-            ts = self.data.timestamps[start + max(0, int(e) - L - 1): start + int(e) - 1]
+        for i, (lo, hi) in enumerate(self._windows(users, ends)):
+            ts = self.data.timestamps[lo:hi - 1]  # the inputs' timestamps
             out[i, L - len(ts):] = ts
         return out
 
