@@ -5,6 +5,8 @@ import sys
 import pytest
 
 from elasticrec.cli import main
+from elasticrec.config import load_config
+from elasticrec.data import load_dataset
 from elasticrec.evaluate.significance import load_ranks, per_user
 
 SMALL = ["--set", "data.synthetic.n_users=60", "--set", "data.synthetic.n_items=40",
@@ -64,6 +66,19 @@ def test_runs_save_ranks_and_compare_pairs_them(tmp_path, capsys):
     assert [r["metric"] for r in res] == ["HR@1", "MRR"]
     assert res[1]["diff"] == pytest.approx(res[1]["b"] - res[1]["a"])
     assert res[1]["ci_low"] <= res[1]["diff"] <= res[1]["ci_high"]
+
+    assert main(["compare", str(a), str(b), "--resamples", "200", "--metrics", "MRR", "--by-length", "15,25"]) == 0
+    out = capsys.readouterr().out
+    hist = load_dataset(load_config(a / "config.yaml").data).lengths[users] - 1
+    buckets = (("0-14", hist < 15), ("15-24", (hist >= 15) & (hist < 25)), (">=25", hist >= 25))
+    assert sum(sel.any() for _, sel in buckets) >= 2
+    for label, sel in buckets:
+        if sel.any():  # each non-empty bucket: its users and A's mean over them
+            assert f"| {label} | {int(sel.sum())} | MRR | {per_user(ranks[sel], 'MRR').mean():.4f} |" in out
+    assert main(["compare", str(a), str(b), "--by-length", "25,15"]) == 2
+    assert "--by-length '25,15': length edges must be increasing" in capsys.readouterr().err
+    assert main(["compare", str(a), str(b), "--by-length", "ten"]) == 2
+    assert "comma-separated integers expected" in capsys.readouterr().err
 
     sampled = tmp_path / "sampled.npz"
     assert main(["evaluate", "--run", str(b), "--protocol", "sampled", "--save-ranks", str(sampled)]) == 0

@@ -165,12 +165,39 @@ def cmd_compare(args) -> int:
     from elasticrec.evaluate.significance import compare_runs, format_table
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    edges = _length_edges(args.by_length) if args.by_length else None
     results, ma, mb = compare_runs(args.a, args.b, metrics, args.stage, args.resamples, args.confidence, args.seed)
+    by_length = []
+    if edges:
+        from elasticrec.evaluate.significance import (compare_by_length, format_length_table,
+                                                      history_lengths, load_ranks)
+
+        users, ra, _ = load_ranks(args.a, args.stage)  # compare_runs checked B ranks the same users
+        rb = load_ranks(args.b, args.stage)[1]
+        hist = history_lengths(args.a, ma, args.stage, args.data_path)[users]
+        by_length = compare_by_length(ra, rb, hist, edges, metrics, args.resamples, args.confidence, args.seed)
     if args.json:
-        print(json.dumps({"a": ma, "b": mb, "results": [r.to_dict() for r in results]}, indent=2))
+        out = {"a": ma, "b": mb, "results": [r.to_dict() for r in results]}
+        if edges:
+            out["by_length"] = [{"history": label, **r.to_dict()} for label, r in by_length]
+        print(json.dumps(out, indent=2))
     else:
         print(format_table(results, _ranks_label(args.a, ma), _ranks_label(args.b, mb), args.confidence))
+        if by_length:
+            print(format_length_table(by_length, args.confidence))
     return 0
+
+
+def _length_edges(text: str) -> list[int]:
+    from elasticrec.evaluate.significance import length_buckets
+
+    try:
+        edges = [int(e) for e in text.split(",") if e.strip()]
+        length_buckets(edges)
+    except ValueError as e:
+        raise ConfigError(f"--by-length {text!r}: {e}" if "increasing" in str(e) else
+                          f"--by-length {text!r}: comma-separated integers expected") from None
+    return edges
 
 
 def _ranks_label(source: str, meta: dict) -> str:
@@ -240,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples and sign flips")
     c.add_argument("--confidence", type=float, default=0.95)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--by-length", metavar="EDGES",
+                   help="also compare inside buckets of the users' history length, e.g. 16,50 for "
+                        "0-15, 16-49 and >=50 items before the target (reads the dataset of run A)")
+    c.add_argument("--data-path", help="dataset location for --by-length, if not where run A found it")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=cmd_compare)
 

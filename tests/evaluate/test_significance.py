@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from elasticrec.evaluate.metrics import metrics_from_ranks
-from elasticrec.evaluate.significance import (RanksError, compare_runs, format_table, load_ranks,
+from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_runs, format_length_table,
+                                              format_table, history_lengths, length_buckets, load_ranks,
                                               paired_test, per_user, save_ranks)
 
 META = {"dataset": "toy", "stage": "test", "protocol": "full", "exclude_history": True}
@@ -124,3 +125,38 @@ def test_missing_or_corrupt_ranks_are_clear_errors(tmp_path):
     np.savez(tmp_path / "dup.npz", users=np.array([1, 1]), ranks=np.array([0, 2]), meta=np.array("{}"))
     with pytest.raises(RanksError, match="one rank per user"):
         load_ranks(tmp_path / "dup.npz")
+
+
+def test_length_buckets_partition_the_lengths():
+    assert length_buckets([16, 50]) == [(0, 16), (16, 50), (50, None)]
+    for bad in ([], [0, 5], [50, 16], [16, 16]):
+        with pytest.raises(ValueError, match="increasing positive"):
+            length_buckets(bad)
+
+
+def test_compare_by_length_finds_a_gain_where_it_is():
+    """B is better only for users with long histories: the long bucket shows it, the short does
+    not, and the buckets' users add up to everyone."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    hist = rng.integers(1, 200, size=n)
+    ra = rng.integers(0, 50, size=n)
+    rb = np.where(hist >= 100, np.maximum(ra - 5, 0), ra)
+    rows = compare_by_length(ra, rb, hist, [100], metrics=("NDCG@10", "MRR"), n_resamples=1000)
+    assert [(label, r.metric) for label, r in rows] == [("0-99", "NDCG@10"), ("0-99", "MRR"),
+                                                        (">=100", "NDCG@10"), (">=100", "MRR")]
+    short, long_ = rows[1][1], rows[3][1]
+    assert short.diff == 0 and short.p_value == 1.0
+    assert long_.diff > 0 and long_.ci_low > 0 and long_.p_value < 1e-2
+    assert short.n_users + long_.n_users == n and long_.n_users == int((hist >= 100).sum())
+    assert long_.b == pytest.approx(per_user(rb[hist >= 100], "MRR").mean())
+    assert compare_by_length(ra, rb, hist, [500], metrics=("MRR",))[0][0] == "0-499"  # empty bucket left out
+    assert "| >=100 | " in format_length_table(rows)
+    with pytest.raises(ValueError, match="same users"):
+        compare_by_length(ra, rb, hist[:-1], [100])
+
+
+def test_history_lengths_need_the_run_config(tmp_path):
+    save_ranks(tmp_path / "r.npz", np.arange(3), np.zeros(3), META)
+    with pytest.raises(RanksError, match=r"config.yaml: not found.*run directory"):
+        history_lengths(tmp_path / "r.npz", META)

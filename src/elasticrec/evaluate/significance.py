@@ -150,6 +150,71 @@ def compare_runs(a: str | Path, b: str | Path, metrics=DEFAULT_METRICS, stage: s
     return out, ma, mb
 
 
+def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_path: str | None = None
+                    ) -> np.ndarray:
+    """Each user's history length at ``stage`` (the items before its target: all but the last one
+    for test, the last two for valid), indexed by user id, read from the dataset of the run that
+    wrote ``source`` (a run directory, or a ranks file inside one: its ``config.yaml``). The full
+    history is counted, not the ``max_len`` window the model saw."""
+    from elasticrec.config import load_config, merge
+    from elasticrec.data import load_dataset
+
+    p = Path(source)
+    cfg_path = (p if p.is_dir() else p.parent) / "config.yaml"
+    if not cfg_path.exists():
+        raise RanksError(f"{cfg_path}: not found; per-length comparison reads the run's dataset from it "
+                         f"(give a run directory)")
+    cfg = load_config(cfg_path)
+    if data_path:
+        cfg = merge(cfg, {"data": {"path": data_path}})
+    data = load_dataset(cfg.data)
+    key = meta.get("data_key")
+    if key is not None and data.meta.get("cache_key") not in (None, key):
+        raise RanksError(f"{cfg_path}: its dataset now loads as {data.meta.get('cache_key')}, but the ranks "
+                         f"were computed on {key}: the data changed since that run")
+    return data.lengths - (1 if stage == "test" else 2)
+
+
+def length_buckets(edges) -> list[tuple[int, int | None]]:
+    """[lo, hi) history-length buckets from increasing positive edges: 16,50 gives [0, 16),
+    [16, 50) and [50, inf) (hi = None)."""
+    edges = [int(e) for e in edges]
+    if not edges or any(e <= 0 for e in edges) or edges != sorted(set(edges)):
+        raise ValueError(f"length edges must be increasing positive integers, got {edges}")
+    lows = [0, *edges]
+    return [(lo, hi) for lo, hi in zip(lows, [*edges, None])]
+
+
+def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, metrics=DEFAULT_METRICS,
+                      n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+                      ) -> list[tuple[str, PairedResult]]:
+    """The paired test inside each history-length bucket: (bucket label, result) per non-empty
+    bucket and metric; ``hist`` holds each paired user's history length, in the ranks' order."""
+    hist = np.asarray(hist)
+    if hist.shape != np.shape(ra) or np.shape(ra) != np.shape(rb):
+        raise ValueError("ranks and history lengths must be of the same users")
+    out = []
+    for lo, hi in length_buckets(edges):
+        sel = (hist >= lo) & (hist < hi if hi is not None else True)
+        if not sel.any():
+            continue
+        label = f"{lo}-{hi - 1}" if hi is not None else f">={lo}"
+        for m in metrics:
+            out.append((label, paired_test(per_user(ra[sel], m), per_user(rb[sel], m), m, n_resamples,
+                                           confidence, seed)))
+    return out
+
+
+def format_length_table(rows: list[tuple[str, PairedResult]], confidence: float = 0.95) -> str:
+    pct = f"{confidence:.0%}"
+    lines = ["", "By history length (items before the target):", "",
+             f"| history | users | metric | A | B | B - A | {pct} CI | p |", "|---|---|---|---|---|---|---|---|"]
+    for label, r in rows:
+        lines.append(f"| {label} | {r.n_users} | {r.metric} | {r.a:.4f} | {r.b:.4f} | {r.diff:+.4f} "
+                     f"| [{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.p_value:.4f} |")
+    return "\n".join(lines)
+
+
 def format_table(results: list[PairedResult], label_a: str, label_b: str, confidence: float = 0.95) -> str:
     pct = f"{confidence:.0%}"
     lines = [f"A: {label_a}", f"B: {label_b}", "",
