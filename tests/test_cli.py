@@ -75,6 +75,13 @@ def test_runs_save_ranks_and_compare_pairs_them(tmp_path, capsys):
     for label, sel in buckets:
         if sel.any():  # each non-empty bucket: its users and A's mean over them
             assert f"| {label} | {int(sel.sum())} | MRR | {per_user(ranks[sel], 'MRR').mean():.4f} |" in out
+    assert main(["compare", f"{a},{b}", str(b), "--resamples", "200", "--metrics", "MRR", "--json",
+                 "--by-length", "20"]) == 0  # several runs per side: per-user means
+    res = json.loads(capsys.readouterr().out)
+    mrr_b = per_user(load_ranks(b)[1], "MRR")
+    assert res["runs_a"] == [str(a), str(b)]
+    assert res["results"][0]["a"] == pytest.approx((per_user(ranks, "MRR").mean() + mrr_b.mean()) / 2)
+    assert sum(r["n_users"] for r in res["by_length"]) == 60
     assert main(["compare", str(a), str(b), "--by-length", "25,15"]) == 2
     assert "--by-length '25,15': length edges must be increasing" in capsys.readouterr().err
     assert main(["compare", str(a), str(b), "--by-length", "ten"]) == 2

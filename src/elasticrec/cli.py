@@ -166,23 +166,23 @@ def cmd_compare(args) -> int:
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     edges = _length_edges(args.by_length) if args.by_length else None
-    results, ma, mb = compare_runs(args.a, args.b, metrics, args.stage, args.resamples, args.confidence, args.seed)
+    runs_a, runs_b = _run_list(args.a), _run_list(args.b)
+    results, ma, mb = compare_runs(runs_a, runs_b, metrics, args.stage, args.resamples, args.confidence, args.seed)
     by_length = []
     if edges:
         from elasticrec.evaluate.significance import (compare_by_length, format_length_table,
-                                                      history_lengths, load_ranks)
+                                                      history_lengths, load_sides)
 
-        users, ra, _ = load_ranks(args.a, args.stage)  # compare_runs checked B ranks the same users
-        rb = load_ranks(args.b, args.stage)[1]
-        hist = history_lengths(args.a, ma, args.stage, args.data_path)[users]
+        users, ra, rb, _, _ = load_sides(runs_a, runs_b, args.stage)
+        hist = history_lengths(runs_a[0], ma, args.stage, args.data_path)[users]
         by_length = compare_by_length(ra, rb, hist, edges, metrics, args.resamples, args.confidence, args.seed)
     if args.json:
-        out = {"a": ma, "b": mb, "results": [r.to_dict() for r in results]}
+        out = {"a": ma, "b": mb, "runs_a": runs_a, "runs_b": runs_b, "results": [r.to_dict() for r in results]}
         if edges:
             out["by_length"] = [{"history": label, **r.to_dict()} for label, r in by_length]
         print(json.dumps(out, indent=2))
     else:
-        print(format_table(results, _ranks_label(args.a, ma), _ranks_label(args.b, mb), args.confidence))
+        print(format_table(results, _ranks_label(runs_a, ma), _ranks_label(runs_b, mb), args.confidence))
         if by_length:
             print(format_length_table(by_length, args.confidence))
     return 0
@@ -200,9 +200,15 @@ def _length_edges(text: str) -> list[int]:
     return edges
 
 
-def _ranks_label(source: str, meta: dict) -> str:
+def _run_list(text: str) -> list[str]:
+    return [r for r in text.split(",") if r]
+
+
+def _ranks_label(runs: list[str], meta: dict) -> str:
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
-    return f"{source} ({what}, best epoch {meta.get('epoch', '?')})"
+    if len(runs) > 1:
+        return f"{', '.join(runs)} (mean of {len(runs)} runs per user; first: {what}, best epoch {meta.get('epoch', '?')})"
+    return f"{runs[0]} ({what}, best epoch {meta.get('epoch', '?')})"
 
 
 def cmd_data_stats(args) -> int:
@@ -260,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Paired bootstrap confidence interval and sign-flip randomization test of "
                                    "B - A on per-user metrics. A and B are run directories (their "
                                    "<stage>_ranks.npz) or ranks files.")
-    c.add_argument("a", help="run directory or ranks file (baseline)")
-    c.add_argument("b", help="run directory or ranks file (candidate)")
+    c.add_argument("a", help="run directory or ranks file (baseline); several, comma-separated (e.g. seeds), "
+                             "are averaged per user")
+    c.add_argument("b", help="run directory or ranks file (candidate); several, comma-separated, as for A")
     c.add_argument("--stage", default="test", choices=["valid", "test"])
     c.add_argument("--metrics", default="HR@10,NDCG@10,MRR", help="comma-separated HR@K, NDCG@K, MRR")
     c.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples and sign flips")

@@ -103,6 +103,29 @@ def test_compare_runs_end_to_end(tmp_path):
     assert json.dumps([r.to_dict() for r in results])  # JSON-able
 
 
+def test_several_runs_per_side_are_averaged_per_user(tmp_path):
+    """Seeds of a setting: each user's value is the mean over that side's runs; every run is
+    checked against the first (a run on other users is refused)."""
+    rng = np.random.default_rng(8)
+    users = np.arange(500)
+    ranks = {name: rng.integers(0, 60, size=500) for name in ("a1", "a2", "a3", "b1", "b2")}
+    for name, r in ranks.items():
+        save_ranks(tmp_path / f"{name}.npz", users, r, META)
+    side = lambda names: [tmp_path / f"{n}.npz" for n in names]
+    results, ma, _ = compare_runs(side(["a1", "a2", "a3"]), side(["b1", "b2"]), metrics=("NDCG@10",), n_resamples=500)
+    want_a = np.mean([per_user(ranks[n], "NDCG@10") for n in ("a1", "a2", "a3")], axis=0)
+    want_b = np.mean([per_user(ranks[n], "NDCG@10") for n in ("b1", "b2")], axis=0)
+    assert results[0].a == pytest.approx(want_a.mean()) and results[0].b == pytest.approx(want_b.mean())
+    assert results[0].b_better == int((want_b > want_a).sum()) and ma["source"].endswith("a1.npz")
+    single, _, _ = compare_runs(tmp_path / "a1.npz", [tmp_path / "b1.npz"], metrics=("NDCG@10",), n_resamples=500)
+    assert single[0].a == pytest.approx(per_user(ranks["a1"], "NDCG@10").mean())
+    save_ranks(tmp_path / "other.npz", users + 1, ranks["a1"], META)
+    with pytest.raises(RanksError, match="different users"):
+        compare_runs(side(["a1", "other"]), side(["b1"]))
+    with pytest.raises(RanksError, match="at least one run on each side"):
+        compare_runs([], side(["b1"]))
+
+
 def test_compare_refuses_meaningless_pairings(tmp_path):
     save_ranks(tmp_path / "a.npz", np.arange(10), np.zeros(10), META)
     save_ranks(tmp_path / "b.npz", np.arange(10), np.zeros(10), {**META, "protocol": "SAMPLED-100-pop"})

@@ -141,13 +141,46 @@ def load_pair(a: str | Path, b: str | Path, stage: str = "test") -> tuple[np.nda
     return ra, rb, ma, mb
 
 
-def compare_runs(a: str | Path, b: str | Path, metrics=DEFAULT_METRICS, stage: str = "test",
+Sources = str | Path | list  # one run (directory or ranks file), or a list of runs (e.g. seeds)
+
+
+def _as_list(x: Sources) -> list:
+    return [x] if isinstance(x, (str, Path)) else list(x)
+
+
+def load_sides(a: Sources, b: Sources, stage: str = "test"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], list[dict]]:
+    """The ranks of one or more A runs and one or more B runs, every run checked against A's
+    first (same users, data and protocol): (users, ranks_a [n_a, users], ranks_b [n_b, users],
+    metas_a, metas_b)."""
+    runs_a, runs_b = _as_list(a), _as_list(b)
+    if not runs_a or not runs_b:
+        raise RanksError("compare needs at least one run on each side")
+    users, r0, m0 = load_ranks(runs_a[0], stage)
+    ranks, metas = ([r0], []), ([m0], [])
+    for side, runs in ((0, runs_a[1:]), (1, runs_b)):
+        for run in runs:
+            _, r, _, m = load_pair(runs_a[0], run, stage)
+            ranks[side].append(r)
+            metas[side].append(m)
+    return users, np.stack(ranks[0]), np.stack(ranks[1]), metas[0], metas[1]
+
+
+def side_values(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-user ``metric`` averaged over a side's runs (rows of ``ranks``; 1-d: one run)."""
+    return per_user(np.atleast_2d(ranks), metric).mean(axis=0)
+
+
+def compare_runs(a: Sources, b: Sources, metrics=DEFAULT_METRICS, stage: str = "test",
                  n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
                  ) -> tuple[list[PairedResult], dict, dict]:
-    """Paired comparison of two runs (directories or ranks files) on each metric."""
-    ra, rb, ma, mb = load_pair(a, b, stage)
-    out = [paired_test(per_user(ra, m), per_user(rb, m), m, n_resamples, confidence, seed) for m in metrics]
-    return out, ma, mb
+    """Paired comparison of two runs (directories or ranks files) on each metric. ``a`` and ``b``
+    may each be a list of runs (seeds of one setting): each user's value is then averaged over the
+    runs of its side before pairing, which lowers, but does not remove, the training-seed noise
+    that a single pair of runs carries. Returns (results, meta of A's first run, of B's first)."""
+    _, ra, rb, ma, mb = load_sides(a, b, stage)
+    out = [paired_test(side_values(ra, m), side_values(rb, m), m, n_resamples, confidence, seed) for m in metrics]
+    return out, ma[0], mb[0]
 
 
 def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_path: str | None = None
@@ -189,9 +222,10 @@ def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, m
                       n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
                       ) -> list[tuple[str, PairedResult]]:
     """The paired test inside each history-length bucket: (bucket label, result) per non-empty
-    bucket and metric; ``hist`` holds each paired user's history length, in the ranks' order."""
-    hist = np.asarray(hist)
-    if hist.shape != np.shape(ra) or np.shape(ra) != np.shape(rb):
+    bucket and metric; ``hist`` holds each paired user's history length, in the ranks' order;
+    ``ra`` / ``rb`` are one run's ranks or [runs, users] (averaged per user, as in compare_runs)."""
+    hist, ra, rb = np.asarray(hist), np.atleast_2d(ra), np.atleast_2d(rb)
+    if not hist.shape[0] == ra.shape[1] == rb.shape[1] or hist.ndim != 1:
         raise ValueError("ranks and history lengths must be of the same users")
     out = []
     for lo, hi in length_buckets(edges):
@@ -200,8 +234,8 @@ def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, m
             continue
         label = f"{lo}-{hi - 1}" if hi is not None else f">={lo}"
         for m in metrics:
-            out.append((label, paired_test(per_user(ra[sel], m), per_user(rb[sel], m), m, n_resamples,
-                                           confidence, seed)))
+            out.append((label, paired_test(side_values(ra[:, sel], m), side_values(rb[:, sel], m), m,
+                                           n_resamples, confidence, seed)))
     return out
 
 
