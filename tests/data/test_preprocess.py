@@ -82,6 +82,8 @@ def test_leave_one_out_split_end():
     assert d.items[te] == seq[-1]  # test target: last
     assert d.items[d.offsets[0]:te].tolist() == seq[:-1].tolist()  # test history
     assert d.eval_users("test").tolist() == [0]  # user 1 has only 2 items
+    for stage in ("train", "valid", "test"):  # the vectorised form of split_end - offsets
+        assert d.history_lengths(stage).tolist() == [d.split_end(u, stage) - d.offsets[u] for u in range(2)]
 
 
 def test_empty_raises():

@@ -55,6 +55,11 @@ class SequenceData:
         cut = _CUT[stage]
         return int(self.offsets[u] + max(n - cut, 0))
 
+    def history_lengths(self, stage: str) -> np.ndarray:
+        """Per user, the length of the history visible for ``stage`` (``split_end - offsets``):
+        the items before the stage's target (train: the training history)."""
+        return np.maximum(self.lengths - _CUT[stage], 0)
+
     def eval_users(self, stage: str) -> np.ndarray:
         """Users that have a target for ``stage``: valid needs >= 3 items, test needs >= 3 too
         (so both protocols score the same user set and training keeps >= 1 item)."""

@@ -205,7 +205,7 @@ def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_pa
     if key is not None and data.meta.get("cache_key") not in (None, key):
         raise RanksError(f"{cfg_path}: its dataset now loads as {data.meta.get('cache_key')}, but the ranks "
                          f"were computed on {key}: the data changed since that run")
-    return data.lengths - (1 if stage == "test" else 2)
+    return data.history_lengths(stage)
 
 
 def length_buckets(edges) -> list[tuple[int, int | None]]:

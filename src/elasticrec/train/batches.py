@@ -28,7 +28,7 @@ class TrainSequences:
         if windows not in WINDOWS:
             raise ValueError(f"train.windows must be one of {WINDOWS}, got {windows!r}")
         self.data, self.max_len, self.windows = data, max_len, windows
-        lens = np.maximum(data.lengths - 2, 0)  # == split_end(u, "train") - offsets[u]
+        lens = data.history_lengths("train")
         self.users = np.nonzero(lens >= 2)[0]  # need at least one (input, target) pair
         self.train_len = lens
         if windows == "all":  # ends T, T-L, T-2L, ... while a window still holds a target pair
