@@ -162,20 +162,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from elasticrec.evaluate.significance import compare_runs, format_table
+    from elasticrec.evaluate.significance import (compare_by_length, format_length_table, format_table,
+                                                  history_lengths, load_sides, paired_results)
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     edges = _length_edges(args.by_length) if args.by_length else None
     runs_a, runs_b = _run_list(args.a), _run_list(args.b)
-    results, ma, mb = compare_runs(runs_a, runs_b, metrics, args.stage, args.resamples, args.confidence, args.seed)
+    users, ra, rb, metas_a, metas_b = load_sides(runs_a, runs_b, args.stage)
+    ma, mb = metas_a[0], metas_b[0]
+    stats = (args.resamples, args.confidence, args.seed)
+    results = paired_results(ra, rb, metrics, *stats)
     by_length = []
     if edges:
-        from elasticrec.evaluate.significance import (compare_by_length, format_length_table,
-                                                      history_lengths, load_sides)
-
-        users, ra, rb, _, _ = load_sides(runs_a, runs_b, args.stage)
         hist = history_lengths(runs_a[0], ma, args.stage, args.data_path)[users]
-        by_length = compare_by_length(ra, rb, hist, edges, metrics, args.resamples, args.confidence, args.seed)
+        by_length = compare_by_length(ra, rb, hist, edges, metrics, *stats)
     if args.json:
         out = {"a": ma, "b": mb, "runs_a": runs_a, "runs_b": runs_b, "results": [r.to_dict() for r in results]}
         if edges:
@@ -193,10 +193,12 @@ def _length_edges(text: str) -> list[int]:
 
     try:
         edges = [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise ConfigError(f"--by-length {text!r}: comma-separated integers expected") from None
+    try:
         length_buckets(edges)
     except ValueError as e:
-        raise ConfigError(f"--by-length {text!r}: {e}" if "increasing" in str(e) else
-                          f"--by-length {text!r}: comma-separated integers expected") from None
+        raise ConfigError(f"--by-length {text!r}: {e}") from None
     return edges
 
 

@@ -256,14 +256,14 @@ def paired_against(jobs: list[Job], baseline: str, metric: str = "NDCG@10",
     sign-flip p-value (:mod:`elasticrec.evaluate.significance`). Returns (rows, notes)."""
     import numpy as np
 
-    from elasticrec.evaluate.significance import RanksError, load_pair, paired_test, per_user, ranks_path
+    from elasticrec.evaluate.significance import RanksError, load_pair, paired_test, ranks_path, side_values
 
     by = {(j.dataset, j.model, j.seed): j for j in jobs}
     rows, notes = [], []
     for ds, m in dict.fromkeys((j.dataset, j.model) for j in jobs):
         if m == baseline:
             continue
-        xa, xb, seeds = [], [], []
+        ranks_a, ranks_b, seeds = [], [], []
         for s in sorted(j.seed for j in jobs if (j.dataset, j.model) == (ds, m)):
             base, cand = by.get((ds, baseline, s)), by[(ds, m, s)]
             if base is None or not (ranks_path(base.run_dir).exists() and ranks_path(cand.run_dir).exists()):
@@ -273,11 +273,12 @@ def paired_against(jobs: list[Job], baseline: str, metric: str = "NDCG@10",
             except RanksError as e:
                 notes.append(f"{ds} / {m} seed {s}: not paired with {baseline}: {e}")
                 continue
-            xa.append(per_user(ra, metric))
-            xb.append(per_user(rb, metric))
+            ranks_a.append(ra)
+            ranks_b.append(rb)
             seeds.append(s)
         if seeds:
-            r = paired_test(np.mean(xa, axis=0), np.mean(xb, axis=0), metric, n_resamples)
+            xa, xb = side_values(np.stack(ranks_a), metric), side_values(np.stack(ranks_b), metric)
+            r = paired_test(xa, xb, metric, n_resamples)
             rows.append({"dataset": ds, "model": m, "baseline": baseline, "seeds": seeds, **r.to_dict()})
     return rows, notes
 

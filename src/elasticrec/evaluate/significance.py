@@ -130,6 +130,11 @@ def load_pair(a: str | Path, b: str | Path, stage: str = "test") -> tuple[np.nda
     same order under the same data and protocol: (ranks_a, ranks_b, meta_a, meta_b)."""
     ua, ra, ma = load_ranks(a, stage)
     ub, rb, mb = load_ranks(b, stage)
+    _check_pairable(ua, ma, ub, mb)
+    return ra, rb, ma, mb
+
+
+def _check_pairable(ua: np.ndarray, ma: dict, ub: np.ndarray, mb: dict) -> None:
     for key in COMPARABLE:
         if key in ma and key in mb and ma[key] != mb[key]:
             raise RanksError(f"{ma['source']} and {mb['source']} differ in {key} "
@@ -138,7 +143,6 @@ def load_pair(a: str | Path, b: str | Path, stage: str = "test") -> tuple[np.nda
         only_a, only_b = np.setdiff1d(ua, ub).size, np.setdiff1d(ub, ua).size
         raise RanksError(f"{ma['source']} and {mb['source']} rank different users ({only_a} only in A, "
                          f"{only_b} only in B): was the data filtered or split differently?")
-    return ra, rb, ma, mb
 
 
 Sources = str | Path | list  # one run (directory or ranks file), or a list of runs (e.g. seeds)
@@ -160,7 +164,8 @@ def load_sides(a: Sources, b: Sources, stage: str = "test"
     ranks, metas = ([r0], []), ([m0], [])
     for side, runs in ((0, runs_a[1:]), (1, runs_b)):
         for run in runs:
-            _, r, _, m = load_pair(runs_a[0], run, stage)
+            u, r, m = load_ranks(run, stage)
+            _check_pairable(users, m0, u, m)
             ranks[side].append(r)
             metas[side].append(m)
     return users, np.stack(ranks[0]), np.stack(ranks[1]), metas[0], metas[1]
@@ -179,8 +184,13 @@ def compare_runs(a: Sources, b: Sources, metrics=DEFAULT_METRICS, stage: str = "
     runs of its side before pairing, which lowers, but does not remove, the training-seed noise
     that a single pair of runs carries. Returns (results, meta of A's first run, of B's first)."""
     _, ra, rb, ma, mb = load_sides(a, b, stage)
-    out = [paired_test(side_values(ra, m), side_values(rb, m), m, n_resamples, confidence, seed) for m in metrics]
-    return out, ma[0], mb[0]
+    return paired_results(ra, rb, metrics, n_resamples, confidence, seed), ma[0], mb[0]
+
+
+def paired_results(ra: np.ndarray, rb: np.ndarray, metrics=DEFAULT_METRICS, n_resamples: int = 10_000,
+                   confidence: float = 0.95, seed: int = 0) -> list[PairedResult]:
+    """:func:`paired_test` on each metric, from one run's ranks or [runs, users] per side."""
+    return [paired_test(side_values(ra, m), side_values(rb, m), m, n_resamples, confidence, seed) for m in metrics]
 
 
 def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_path: str | None = None
@@ -233,9 +243,7 @@ def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, m
         if not sel.any():
             continue
         label = f"{lo}-{hi - 1}" if hi is not None else f">={lo}"
-        for m in metrics:
-            out.append((label, paired_test(side_values(ra[:, sel], m), side_values(rb[:, sel], m), m,
-                                           n_resamples, confidence, seed)))
+        out += [(label, r) for r in paired_results(ra[:, sel], rb[:, sel], metrics, n_resamples, confidence, seed)]
     return out
 
 
