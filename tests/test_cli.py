@@ -15,7 +15,7 @@ SMALL = ["--set", "data.synthetic.n_users=60", "--set", "data.synthetic.n_items=
          "--set", "model.d_model=16", "--set", "train.batch_size=32", "--set", "eval.ks=1,10"]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["compare", "--help"],
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["refit", "--help"], ["compare", "--help"],
                                   ["data", "stats", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -151,3 +151,31 @@ def test_bad_config_file_is_rejected(tmp_path, capsys):
     assert main(["data", "stats", "--config", str(p)]) == 2
     err = capsys.readouterr().err
     assert "c.yaml" in err and "epochz" in err and "valid keys here" in err
+
+
+def test_refit_retrains_on_train_and_valid_for_the_best_epoch_count(tmp_path, capsys):
+    """`refit RUN` copies the run's config, trains best_epoch + 1 epochs on every item but the
+    test item, and writes test ranks that pair with the run's; a refit cannot be validated or
+    refit again."""
+    run, out = tmp_path / "run", tmp_path / "run-refit"
+    assert main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "3", "--run-dir", str(run),
+                 "--no-progress", *SMALL]) == 0
+    best = json.loads((run / "test_metrics.json").read_text())["best_epoch"]
+    capsys.readouterr()
+    assert main(["refit", str(run), "--run-dir", str(out), "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    cfg = load_config(out / "config.yaml")
+    assert cfg.train.fit == "train+valid" and cfg.train.epochs == best + 1 and cfg.model.d_model == 16
+    assert res["fit"] == "train+valid" and res["best_epoch"] == best
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == best + 1 and "valid/" not in "".join(lines)
+    assert load_ranks(out)[2]["fit"] == "train+valid"
+    assert main(["compare", str(run), str(out), "--resamples", "100", "--metrics", "MRR"]) == 0
+    assert "fit train+valid" in capsys.readouterr().out
+
+    assert main(["evaluate", "--run", str(out), "--stage", "valid"]) == 2
+    assert "validation scores mean nothing" in capsys.readouterr().err
+    assert main(["refit", str(out), "--run-dir", str(tmp_path / "again")]) == 2
+    assert "itself a refit" in capsys.readouterr().err
+    assert main(["refit", str(tmp_path), "--run-dir", str(tmp_path / "again")]) == 2  # no run there
+    assert main(["refit", str(run), "--run-dir", str(tmp_path / "x"), "--set", "train.fit=train"]) == 2

@@ -1,4 +1,4 @@
-"""Command-line interface: ``elasticrec train | evaluate | compare | data stats | models``."""
+"""Command-line interface: ``elasticrec train | refit | evaluate | compare | data stats | models``."""
 
 from __future__ import annotations
 
@@ -126,6 +126,53 @@ def cmd_train(args) -> int:
     return 0
 
 
+def refit_config(args) -> tuple[ExperimentConfig, Path]:
+    """A train run's configuration turned into its refit: ``train.fit=train+valid`` for the run's
+    best epoch count (``--epochs`` to override), no time budget, and the run directory."""
+    run = Path(args.run)
+    cfg = load_config(run / "config.yaml")
+    if cfg.train.fit != "train":
+        raise ConfigError(f"{run} is itself a refit (train.fit={cfg.train.fit}); refit the train run it came from")
+    epochs = args.epochs
+    if epochs is None:
+        # a finished run's test_metrics.json, else the best checkpoint's manifest
+        for name, key in (("test_metrics.json", "best_epoch"), ("checkpoints/best.json", "epoch")):
+            if (run / name).exists():
+                try:
+                    epochs = int(json.loads((run / name).read_text())[key]) + 1
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ConfigError(f"{run / name}: no best epoch in it ({type(e).__name__}: {e})") from None
+                break
+        else:
+            raise ConfigError(f"{run}: neither test_metrics.json nor checkpoints/best.json; give --epochs N")
+    change: dict = {"train": {"fit": "train+valid", "epochs": epochs, "time_budget_s": None}, "run_dir": None}
+    if args.data_path:
+        change["data"] = {"path": args.data_path}
+    if args.device:
+        change["train"]["device"] = args.device
+    if args.no_progress:
+        change["train"]["progress"] = False
+    cfg = merge(cfg, change)
+    for o in args.overrides:
+        cfg = merge(cfg, parse_override(o))
+    if cfg.train.fit != "train+valid":
+        raise ConfigError("refit: train.fit cannot be overridden (a refit trains on train+valid)")
+    out = Path(args.run_dir) if args.run_dir else Path("runs") / f"{run.resolve().name}-refit"
+    return cfg, out
+
+
+def cmd_refit(args) -> int:
+    from elasticrec.train import train
+
+    cfg, out = refit_config(args)
+    print(f"refit of {args.run}: {cfg.model.name} on {cfg.data.name}, train+valid, {cfg.train.epochs} epochs, "
+          f"run directory {out}", file=sys.stderr)
+    run_dir, res = train(cfg, out, resume=args.resume)
+    print(f"run directory: {run_dir}")
+    print(json.dumps({k: v for k, v in res.items() if k.startswith(("HR@10", "NDCG@10", "MRR", "best", "fit"))}, indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -144,6 +191,9 @@ def cmd_evaluate(args) -> int:
         cfg = merge(cfg, {"data": {"path": args.data_path}})
     if args.protocol:
         cfg = merge(cfg, {"eval": {"protocol": args.protocol}})
+    if args.stage == "valid" and cfg.train.fit != "train":
+        raise ConfigError(f"{run} trained on the validation items (train.fit={cfg.train.fit}): "
+                          "its validation scores mean nothing; evaluate --stage test")
     device = resolve_device(args.device)
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.n_items).to(device)
@@ -208,6 +258,8 @@ def _run_list(text: str) -> list[str]:
 
 def _ranks_label(runs: list[str], meta: dict) -> str:
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
+    if meta.get("fit", "train") != "train":
+        what += f", fit {meta['fit']}"
     if len(runs) > 1:
         return f"{', '.join(runs)} (mean of {len(runs)} runs per user; first: {what}, best epoch {meta.get('epoch', '?')})"
     return f"{runs[0]} ({what}, best epoch {meta.get('epoch', '?')})"
@@ -252,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("refit", help="retrain a finished run on train + validation items for its best epoch count, "
+                                     "test once",
+                       description="Model selection picks the epoch count on the validation items; a refit then "
+                                   "trains the same configuration again on every item but the test item, for "
+                                   "that many epochs, and scores the test item once with the final weights. "
+                                   "Its test ranks pair with the original run's in `elasticrec compare`.")
+    r.add_argument("run", help="run directory written by `elasticrec train` (config.yaml, best epoch)")
+    r.add_argument("--epochs", type=int, help="epochs to train (default: the run's best epoch + 1)")
+    r.add_argument("--run-dir", help="output run directory (default runs/<run name>-refit)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted refit in --run-dir")
+    r.add_argument("--data-path", help="dataset location, if not where the run found it")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set train.num_threads=1 --set train.seed=43")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_refit)
 
     e = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     e.add_argument("--run", required=True, help="run directory written by `elasticrec train`")

@@ -165,6 +165,12 @@ class TrainConfig:
     # most recent max_len+1 items per user) | all (every training item is a target once per
     # epoch, more samples) | random (one window per user, end drawn anew every epoch)
     windows: str = "last"
+    # what training may see: train (the validation item is held out for model selection and
+    # early stopping) | train+valid (a refit: train also on each user's validation item, for
+    # exactly `epochs` epochs, no validation, test scored with the final weights; take the epoch
+    # count from a train run's best epoch, `elasticrec refit RUN`). generative-recommenders'
+    # published ML-1M numbers are trained this way (their train set drops only the test item).
+    fit: str = "train"
     deterministic: bool = False
     num_threads: int | None = None
     progress: bool = True
@@ -200,6 +206,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
     "train.windows": ("last", "all", "random"),
+    "train.fit": ("train", "train+valid"),
     "train.loss": ("ce", "sampled", "bce"),
     "train.ce_impl": ("chunked", "plain"),
     "train.amp": ("auto", "bf16", "off"),

@@ -104,3 +104,26 @@ def test_ranks_split_each_global_batch():
 def test_unknown_windows_is_rejected():
     with pytest.raises(ValueError, match="train.windows"):
         TrainSequences(position_data(), 8, windows="sliding")
+
+
+@pytest.mark.parametrize("windows", ["last", "all"])
+def test_refit_trains_on_the_validation_item_never_the_test_item(windows):
+    """fit="train+valid": the training history is everything but the test item, so the
+    validation item becomes the last target; the test item is never an input or a target."""
+    data, L = position_data(), 8
+    ts = TrainSequences(data, L, windows=windows, fit="train+valid")
+    assert (ts.train_len == data.lengths - 1).all()
+    test_items = {int(data.items[data.offsets[u + 1] - 1]) for u in range(data.n_users)}
+    valid_items = {int(data.items[data.offsets[u + 1] - 2]) for u in range(data.n_users)}
+    seen_x, seen_y = set(), set()
+    for x, y, users, ends in epoch(ts):
+        seen_x |= set(x[x > 0].tolist())
+        seen_y |= set(y[y > 0].tolist())
+        m = y > 0
+        assert (y[m] == x[m] + 1).all()  # still the next position
+    assert not (seen_x | seen_y) & test_items
+    assert valid_items <= seen_y  # every user's validation item is trained on
+    plain = TrainSequences(data, L, windows=windows)
+    assert not set().union(*[set(y[y > 0].tolist()) for _, y, _, _ in epoch(plain)]) & valid_items
+    with pytest.raises(ValueError, match="train.fit"):
+        TrainSequences(data, L, fit="test")

@@ -228,3 +228,22 @@ def test_train_windows_learn_and_size_the_epoch(cyclic_data, tmp_path, windows):
     assert res["HR@10"] > 0.5, res
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 3 * tr.steps_per_epoch
+
+
+def test_refit_never_validates_and_tests_the_final_weights(cyclic_data, tmp_path):
+    """train.fit=train+valid: exactly `epochs` epochs (patience does not apply), no validation
+    metrics, the final weights saved as the tested ones, and the run labelled as a refit."""
+    cfg = small_cfg(tmp_path, fit="train+valid", epochs=3, patience=1)
+    tr = Trainer(cfg, data=cyclic_data)
+    assert tr.seqs.fit == "train+valid" and (tr.seqs.train_len == cyclic_data.lengths - 1).all()
+    res = tr.fit()
+    run = tmp_path / "run"
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [0, 1, 2]
+    assert not any(k.startswith("valid") for ln in lines for k in ln)
+    assert res["fit"] == "train+valid" and res["best_epoch"] == 2 and res["valid_NDCG@10"] is None
+    assert res["HR@10"] > 0.3, res
+    final = load_file(str(next((run / "checkpoints").glob("epoch-0002.safetensors"))))
+    best = load_file(str(run / "checkpoints" / "best.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in final)  # tested = final weights
+    assert np.load(run / "test_ranks.npz")["meta"].item().find('"fit": "train+valid"') >= 0

@@ -5,7 +5,9 @@ Items are dense ids ``1..n_items`` (0 is padding); sequences are stored CSR-styl
 100M-interaction dataset is two numpy arrays (memory-mappable), never Python lists.
 
 Leave-one-out split: the last item of each sequence is the test target, the second last the
-validation target, the rest is training history.
+validation target, the rest is training history. A refit (``train.fit=train+valid``) trains on
+the validation target too: its training history is stage ``"train+valid"``, everything but the
+test item.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-_CUT = {"train": 2, "valid": 2, "test": 1}  # items hidden from each stage's history
+_CUT = {"train": 2, "valid": 2, "test": 1, "train+valid": 1}  # items hidden from each stage's history
+FIT_STAGES = ("train", "train+valid")  # what a model may train on (train.fit)
 
 
 @dataclass
@@ -49,7 +52,8 @@ class SequenceData:
 
         train: everything but the last two items (inputs and shifted targets come from it);
         valid: the same history, target = ``items[end]`` (second last);
-        test: all but the last item, target = ``items[end]`` (last).
+        test: all but the last item, target = ``items[end]`` (last);
+        train+valid: the training history of a refit, the test history (validation item included).
         """
         n = self.offsets[u + 1] - self.offsets[u]
         cut = _CUT[stage]

@@ -1,6 +1,7 @@
 """Training batches: next-item prediction at every position of each user's training history.
 
-A user's training history is the sequence minus its last two items (validation, test targets).
+A user's training history is the sequence minus its last two items (validation, test targets),
+or with ``fit="train+valid"`` (a refit, ``train.fit``) minus the test item only.
 A training sample is a window of that history ending at some position ``end``: input =
 history[end-L-1:end-1], target = history[end-L:end], left-padded with 0 to ``max_len`` = L (0
 targets are ignored by the losses). Which windows an epoch uses is ``train.windows``:
@@ -18,17 +19,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from elasticrec.data.sequences import SequenceData
+from elasticrec.data.sequences import FIT_STAGES, SequenceData
 
 WINDOWS = ("last", "all", "random")
 
 
 class TrainSequences:
-    def __init__(self, data: SequenceData, max_len: int, windows: str = "last"):
+    def __init__(self, data: SequenceData, max_len: int, windows: str = "last", fit: str = "train"):
         if windows not in WINDOWS:
             raise ValueError(f"train.windows must be one of {WINDOWS}, got {windows!r}")
-        self.data, self.max_len, self.windows = data, max_len, windows
-        lens = data.history_lengths("train")
+        if fit not in FIT_STAGES:
+            raise ValueError(f"train.fit must be one of {FIT_STAGES}, got {fit!r}")
+        self.data, self.max_len, self.windows, self.fit = data, max_len, windows, fit
+        lens = data.history_lengths(fit)
         self.users = np.nonzero(lens >= 2)[0]  # need at least one (input, target) pair
         self.train_len = lens
         if windows == "all":  # ends T, T-L, T-2L, ... while a window still holds a target pair

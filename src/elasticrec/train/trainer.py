@@ -9,7 +9,9 @@
 ``<run_dir>/checkpoints/``      see :mod:`elasticrec.train.checkpoint`
 
 Model selection and early stopping use the validation item only; the test item is scored once,
-at the end, with the best weights. Each epoch's shuffling and dropout are seeded from
+at the end, with the best weights. A refit (``train.fit=train+valid``) also trains on the
+validation item, so it never validates: it runs exactly ``train.epochs`` epochs (a train run's
+best epoch count, see ``elasticrec refit``) and tests the final weights. Each epoch's shuffling and dropout are seeded from
 (seed, epoch), so a run resumed from an epoch checkpoint replays exactly what an uninterrupted
 run would have done. A run stopped inside an epoch (``time_budget_s``, ``max_steps``) checkpoints
 its place in that epoch (batch index, loss so far, RNG state); ``--resume`` finishes the same
@@ -112,7 +114,8 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.seqs = TrainSequences(self.data, cfg.model.max_len, t.windows)
+        self.seqs = TrainSequences(self.data, cfg.model.max_len, t.windows, t.fit)
+        self.refit = t.fit != "train"  # the validation item is a training target: never validate
         # models that read timestamps get them when the data has them (else they run without)
         self.use_timestamps = self.model.uses_timestamps and self.data.timestamps is not None
         if self.model.uses_timestamps and not self.use_timestamps and self.dist.is_main:
@@ -129,7 +132,7 @@ class Trainer:
         self.amp = (t.amp == "bf16") or (t.amp == "auto" and self.device.type == "cuda")
         if self.amp and self.device.type == "cpu":
             limit_onednn_cache()  # else its per-shape cache grows with every batch's row count
-        counts = torch.from_numpy(self.data.item_counts("train").astype(np.float64) + 1.0)
+        counts = torch.from_numpy(self.data.item_counts(t.fit).astype(np.float64) + 1.0)
         self.log_q = (counts / counts.sum()).log().float().to(self.device)
         self.main = self.dist.is_main  # only rank 0 writes the run directory
         if resume:
@@ -186,8 +189,13 @@ class Trainer:
             ep_stats = self._train_epoch(s.epoch, t_start)
             partial = "partial_epoch" in ep_stats  # stopped before the epoch's last batch
             rec = {"epoch": s.epoch, "step": s.step, **ep_stats}
+            last = s.epoch + 1 == t.epochs or ep_stats.get("stopped")
+            if self.refit:  # no selection: the final weights are the ones tested
+                if last and self.main:
+                    save_best(self.ckpt_dir, self.model, {"epoch": s.epoch, "fit": t.fit,
+                                                          **({"partial_epoch": True} if partial else {})})
             # the last epoch is always validated, so a best checkpoint exists to test
-            if (s.epoch + 1) % t.eval_every == 0 or s.epoch + 1 == t.epochs or ep_stats.get("stopped"):
+            elif (s.epoch + 1) % t.eval_every == 0 or last:
                 val = self.evaluate("valid")
                 rec.update({f"valid/{k}": v for k, v in val.items()})
                 score = val[self.cfg.eval.select_metric]
@@ -211,7 +219,7 @@ class Trainer:
             if ep_stats.get("stopped"):
                 stop_reason = ep_stats["stopped"]
                 break
-            if s.bad_epochs >= t.patience:
+            if s.bad_epochs >= t.patience and not self.refit:
                 stop_reason = f"early stop: no {self.cfg.eval.select_metric} gain in {t.patience} evals"
                 break
         return self.test(stop_reason)
@@ -308,12 +316,14 @@ class Trainer:
         return self.evaluator.summarize(self.ranks(stage)[1])
 
     def test(self, stop_reason: str = "") -> dict:
-        """Score the test item once, with the best-validation weights; save metrics and per-user ranks."""
+        """Score the test item once, with the best-validation weights (a refit: the final ones);
+        save metrics and per-user ranks."""
         info = load_best(self.ckpt_dir, self.model, map_location=self.device)
         users, ranks = self.ranks("test")
         res = self.evaluator.summarize(ranks)
         res.update({"best_epoch": info["epoch"], f"valid_{self.cfg.eval.select_metric}": info.get(self.cfg.eval.select_metric),
-                    "stop_reason": stop_reason, "model": self.cfg.model.name, "dataset": self.cfg.data.name})
+                    "stop_reason": stop_reason, "model": self.cfg.model.name, "dataset": self.cfg.data.name,
+                    "fit": self.cfg.train.fit})
         if self.main:
             meta = ranks_meta(self.cfg, self.data, "test", self.evaluator.label, info["epoch"])
             save_ranks(ranks_path(self.run_dir, "test"), users, ranks, meta)
