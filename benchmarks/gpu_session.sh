@@ -46,6 +46,9 @@ ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for eve
 #   configs/ml-1m/large/ (HSTU at HSTU-large's size) without any ACC_ARGS
 #   ACC_ARGS="--set train.windows=all" trains every model on every item of long histories, not
 #   only each user's last max_len (README, "Which parts of a long history are trained on")
+#   ACC_ARGS="--set train.fit=train+valid" trains on the validation items too and tests the final
+#   weights at the budget's end: generative-recommenders' protocol for the published HSTU-large
+#   numbers (README, "Refit on the validation items"); rows are marked [train+valid]
 PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}

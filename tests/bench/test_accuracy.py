@@ -109,6 +109,19 @@ def test_markdown_puts_published_numbers_beside_measured_ones():
     md = acc.to_markdown([g], meta, [])
     assert "| ml-1m | sasrec | 200 | 3 (42,43,44) | 0.2900 ± 0.0040 | 0.1600 ± 0.0020 |" in md
     assert "*published: SASRec, sampled softmax*" in md and "*0.2853*" in md and "*0.1893*" in md
+    assert "refit" not in md
+    md = acc.to_markdown([g, {**g, "model": "hstu", "fit": "train+valid"}], meta, [])
+    assert "| ml-1m | hstu [train+valid] | 200 |" in md and "| ml-1m | sasrec | 200 |" in md
+    assert "rows marked [train+valid] are refits" in md
+
+
+def test_refit_runs_are_labelled_in_the_benchmark_rows(tmp_path):
+    argv = ["bench", "accuracy", "--smoke", "--models", "sasrec", "--seeds", "1", "--out", str(tmp_path / "out"),
+            "--runs-dir", str(tmp_path / "runs"), "--set", "train.fit=train+valid"]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "out" / "accuracy.json").read_text())
+    assert res["runs"][0]["fit"] == "train+valid" and res["runs"][0]["valid_NDCG@10"] is None
+    assert "sasrec [train+valid]" in (tmp_path / "out" / "accuracy.md").read_text()
 
 
 def test_collect_runs_script_is_a_wrapper(tmp_path):

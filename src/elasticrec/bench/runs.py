@@ -44,7 +44,7 @@ def summarise(run: Path) -> dict | None:
         "seed": cfg["train"]["seed"], "epochs_run": len(lines), "best_epoch": test.get("best_epoch"),
         "train_s_per_epoch": sum(ep_times) / max(1, len(ep_times)),
         "stop_reason": test.get("stop_reason", ""), "protocol": test.get("protocol"),
-        "valid_NDCG@10": test.get("valid_NDCG@10"),
+        "valid_NDCG@10": test.get("valid_NDCG@10"), "fit": test.get("fit", "train"),
         **{k: test[k] for k in TEST_KEYS if k in test},
         "last_memory_frac_used": next((v for k, v in (lines[-1] if lines else {}).items() if k.endswith("frac_used")), None),
     }
