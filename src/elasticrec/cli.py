@@ -121,9 +121,14 @@ def cmd_train(args) -> int:
     if args.no_progress:
         cfg = merge(cfg, {"train": {"progress": False}})
     run_dir, res = train(cfg, args.run_dir, resume=args.resume)
-    print(f"run directory: {run_dir}")
-    print(json.dumps({k: v for k, v in res.items() if k.startswith(("HR@10", "NDCG@10", "MRR", "best"))}, indent=2))
+    _print_run(run_dir, res)
     return 0
+
+
+def _print_run(run_dir, res: dict, keys: tuple[str, ...] = ("HR@10", "NDCG@10", "MRR", "best")) -> None:
+    """What `train` and `refit` print when a run ends: its directory and headline test metrics."""
+    print(f"run directory: {run_dir}")
+    print(json.dumps({k: v for k, v in res.items() if k.startswith(keys)}, indent=2))
 
 
 def refit_config(args) -> tuple[ExperimentConfig, Path]:
@@ -168,8 +173,7 @@ def cmd_refit(args) -> int:
     print(f"refit of {args.run}: {cfg.model.name} on {cfg.data.name}, train+valid, {cfg.train.epochs} epochs, "
           f"run directory {out}", file=sys.stderr)
     run_dir, res = train(cfg, out, resume=args.resume)
-    print(f"run directory: {run_dir}")
-    print(json.dumps({k: v for k, v in res.items() if k.startswith(("HR@10", "NDCG@10", "MRR", "best", "fit"))}, indent=2))
+    _print_run(run_dir, res, ("HR@10", "NDCG@10", "MRR", "best", "fit"))
     return 0
 
 

@@ -72,9 +72,8 @@ class SequenceData:
     def item_counts(self, stage: str = "train") -> np.ndarray:
         """Interaction count per dense item id over the training part (index 0 = padding)."""
         counts = np.zeros(self.n_items + 1, dtype=np.int64)
-        for_stage = _CUT[stage]
         n = self.lengths
-        keep = np.maximum(n - for_stage, 0)
+        keep = self.history_lengths(stage)
         # mask of positions that belong to the stage's visible history
         pos = np.arange(self.n_interactions) - np.repeat(self.offsets[:-1], n)
         mask = pos < np.repeat(keep, n)
