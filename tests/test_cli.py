@@ -87,6 +87,20 @@ def test_runs_save_ranks_and_compare_pairs_them(tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--by-length", "ten"]) == 2
     assert "comma-separated integers expected" in capsys.readouterr().err
 
+    # --stage-gap: B - A on the validation item against B - A on the test item, per user
+    assert main(["compare", str(a), str(b), "--stage-gap"]) == 1   # b has no valid_ranks.npz yet
+    assert "valid_ranks.npz" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(b), "--stage", "valid", "--save-ranks"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--resamples", "200", "--metrics", "MRR", "--stage-gap", "--json"]) == 0
+    gap = json.loads(capsys.readouterr().out)["stage_gap"][0]
+    mrr = {st: per_user(load_ranks(b, st)[1], "MRR") - per_user(load_ranks(a, st)[1], "MRR") for st in ("valid", "test")}
+    assert gap["n_users"] == 60
+    assert gap["valid_gap"] == pytest.approx(mrr["valid"].mean()) and gap["test_gap"] == pytest.approx(mrr["test"].mean())
+    assert gap["diff"] == pytest.approx(mrr["valid"].mean() - mrr["test"].mean())
+    assert main(["compare", str(a), str(b), "--resamples", "200", "--stage-gap"]) == 0
+    assert "| valid - test |" in capsys.readouterr().out
+
     sampled = tmp_path / "sampled.npz"
     assert main(["evaluate", "--run", str(b), "--protocol", "sampled", "--save-ranks", str(sampled)]) == 0
     capsys.readouterr()

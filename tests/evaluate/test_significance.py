@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from elasticrec.evaluate.metrics import metrics_from_ranks
-from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_runs, format_length_table,
-                                              format_table, history_lengths, length_buckets, load_ranks,
+from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_runs, compare_stages,
+                                              format_length_table, format_stage_table, format_table, history_lengths, length_buckets, load_ranks,
                                               paired_test, per_user, save_ranks)
 
 META = {"dataset": "toy", "stage": "test", "protocol": "full", "exclude_history": True}
@@ -183,3 +183,30 @@ def test_history_lengths_need_the_run_config(tmp_path):
     save_ranks(tmp_path / "r.npz", np.arange(3), np.zeros(3), META)
     with pytest.raises(RanksError, match=r"config.yaml: not found.*run directory"):
         history_lengths(tmp_path / "r.npz", META)
+
+
+def test_compare_stages_tests_whether_validation_predicts_test(tmp_path):
+    """B gains on the validation item only: the valid - test difference is found and is the
+    difference of the two per-stage gaps; equal gains at both stages give no difference. Users
+    ranked at one stage only are left out."""
+    rng = np.random.default_rng(11)
+    n = 600
+    base = {st: rng.integers(0, 40, size=n) for st in ("valid", "test")}
+    gain = {"valid": np.maximum(base["valid"] - rng.integers(0, 6, size=n), 0), "test": base["test"]}
+    for name, ranks in (("a", base), ("b", gain), ("c", {st: np.maximum(r - 3, 0) for st, r in base.items()})):
+        (tmp_path / name).mkdir()
+        for st, r in ranks.items():
+            users = np.arange(n) if st == "test" else np.arange(1, n + 1)   # user 0 test only, n valid only
+            save_ranks(tmp_path / name / f"{st}_ranks.npz", users, r, {**META, "stage": st})
+    res = compare_stages(tmp_path / "a", tmp_path / "b", metrics=("MRR", "NDCG@10"), n_resamples=2000)
+    mrr = res[0]
+    want_v = (per_user(gain["valid"], "MRR") - per_user(base["valid"], "MRR"))[:-1]
+    assert mrr.n_users == n - 1 and mrr.b == pytest.approx(want_v.mean()) and mrr.a == pytest.approx(0.0)
+    assert mrr.diff == pytest.approx(mrr.b - mrr.a) and mrr.ci_low > 0 and mrr.p_value < 1e-3
+    same = compare_stages(tmp_path / "a", tmp_path / "c", metrics=("MRR",), n_resamples=500)[0]
+    assert same.a > 0 and same.b > 0 and abs(same.diff) < abs(same.a)
+    table = format_stage_table(res)
+    assert "| MRR | 599 |" in table and "| valid - test |" in table
+    (tmp_path / "b" / "valid_ranks.npz").unlink()
+    with pytest.raises(RanksError, match="valid_ranks.npz"):
+        compare_stages(tmp_path / "a", tmp_path / "b")

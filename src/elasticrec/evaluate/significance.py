@@ -193,6 +193,40 @@ def paired_results(ra: np.ndarray, rb: np.ndarray, metrics=DEFAULT_METRICS, n_re
     return [paired_test(side_values(ra, m), side_values(rb, m), m, n_resamples, confidence, seed) for m in metrics]
 
 
+def compare_stages(a: Sources, b: Sources, metrics=DEFAULT_METRICS, n_resamples: int = 10_000,
+                   confidence: float = 0.95, seed: int = 0) -> list[PairedResult]:
+    """Does validation predict test for this pair? Per user, the gap ``B - A`` on the validation
+    item and on the test item (each side averaged over its runs), then :func:`paired_test` of
+    the two gaps over the users ranked at both stages: in each result ``a`` is the mean test gap,
+    ``b`` the mean validation gap and ``diff`` (with its interval and p-value) validation minus
+    test. Every run needs both ``valid_ranks.npz`` and ``test_ranks.npz``."""
+    gaps = {}
+    for stage in ("valid", "test"):
+        users, ra, rb, _, _ = load_sides(a, b, stage)
+        gaps[stage] = (users, ra, rb)
+    (uv, rav, rbv), (ut, rat, rbt) = gaps["valid"], gaps["test"]
+    both, iv, it = np.intersect1d(uv, ut, return_indices=True)
+    if both.size == 0:
+        raise RanksError("compare --stage-gap: no user is ranked at both stages")
+    out = []
+    for m in metrics:
+        gv = (side_values(rbv, m) - side_values(rav, m))[iv]
+        gt = (side_values(rbt, m) - side_values(rat, m))[it]
+        out.append(paired_test(gt, gv, m, n_resamples, confidence, seed))
+    return out
+
+
+def format_stage_table(results: list[PairedResult], confidence: float = 0.95) -> str:
+    pct = f"{confidence:.0%}"
+    lines = ["", "Validation against test (B - A at each stage, paired over the users ranked at both):", "",
+             f"| metric | users | B - A, valid | B - A, test | valid - test | {pct} CI | p |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.metric} | {r.n_users} | {r.b:+.4f} | {r.a:+.4f} | {r.diff:+.4f} "
+                     f"| [{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.p_value:.4f} |")
+    return "\n".join(lines)
+
+
 def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_path: str | None = None
                     ) -> np.ndarray:
     """Each user's history length at ``stage`` (the items before its target: all but the last one
