@@ -187,6 +187,22 @@ def test_refit_retrains_on_train_and_valid_for_the_best_epoch_count(tmp_path, ca
     assert main(["compare", str(run), str(out), "--resamples", "100", "--metrics", "MRR"]) == 0
     assert "fit train+valid" in capsys.readouterr().out
 
+    # --checkpoint last: a refit's latest checkpoint holds its final weights, the ones it tested;
+    # its ranks go beside the run's own, never over them. Without best.json (a refit still
+    # running) only --checkpoint last can evaluate it.
+    (out / "checkpoints" / "best.json").unlink()
+    assert main(["evaluate", "--run", str(out)]) == 1
+    assert "best.json: no checkpoint manifest" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(out), "--checkpoint", "last", "--save-ranks"]) == 0
+    cap = capsys.readouterr()
+    res_last = json.loads(cap.out)
+    assert res_last["checkpoint"] == "last" and res_last["epoch"] == best and res_last["epochs_trained"] == best + 1
+    assert res_last["NDCG@10"] == pytest.approx(res["NDCG@10"]) and "last checkpoint" in cap.err
+    users, last_ranks, meta = load_ranks(out / f"test_ranks_epoch-{best:04d}.npz")
+    assert last_ranks.tolist() == load_ranks(out)[1].tolist() and meta["checkpoint"] == "last"
+    assert main(["compare", str(out), str(out / f"test_ranks_epoch-{best:04d}.npz"), "--resamples", "100"]) == 0
+    assert f"last checkpoint, epoch {best}" in capsys.readouterr().out
+
     assert main(["evaluate", "--run", str(out), "--stage", "valid"]) == 2
     assert "validation scores mean nothing" in capsys.readouterr().err
     assert main(["refit", str(out), "--run-dir", str(tmp_path / "again")]) == 2

@@ -184,7 +184,7 @@ def cmd_evaluate(args) -> int:
     from elasticrec.evaluate import Evaluator
     from elasticrec.evaluate.significance import ranks_meta, ranks_path, save_ranks
     from elasticrec.models import build_model
-    from elasticrec.train.checkpoint import load_best
+    from elasticrec.train.checkpoint import load_best, load_last_weights
     from elasticrec.utils import resolve_device
 
     run = Path(args.run)
@@ -201,16 +201,30 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.n_items).to(device)
-    info = load_best(run / "checkpoints", model, map_location=device)
+    if args.checkpoint == "last":   # e.g. a refit still running, or a point on a training curve
+        info = load_last_weights(run / "checkpoints", model, map_location=device)
+        part = " (stopped mid-epoch)" if info.get("partial_epoch") else ""
+        print(f"{run}: last checkpoint, epoch {info['epoch']}{part}, {info['epochs_trained']} whole epochs trained"
+              + ("" if cfg.train.fit != "train" else "; not the best-validation weights, so its test score is "
+                 "not a model-selection result"), file=sys.stderr)
+    else:
+        info = load_best(run / "checkpoints", model, map_location=device)
     ev = Evaluator(data, cfg.eval, cfg.model.max_len, device)
     users = data.eval_users(args.stage)
     with torch.no_grad():
         ranks = ev.ranks(model, args.stage, users)
     res = ev.summarize(ranks)
     if args.save_ranks is not None:
-        out = Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage)
-        save_ranks(out, users, ranks, ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch")))
+        out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if args.checkpoint == "best"
+               else run / f"{args.stage}_ranks_epoch-{info['epoch']:04d}.npz")   # never over the run's own ranks
+        meta = ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch"))
+        if args.checkpoint == "last":
+            meta.update(checkpoint="last", epochs_trained=info["epochs_trained"])
+        save_ranks(out, users, ranks, meta)
         print(f"ranks of {len(users)} users written to {out}", file=sys.stderr)
+    if args.checkpoint == "last":
+        res.update(checkpoint="last", epoch=info["epoch"], epochs_trained=info["epochs_trained"],
+                   **({"partial_epoch": True} if info.get("partial_epoch") else {}))
     print(json.dumps(res, indent=2))
     return 0
 
@@ -272,9 +286,10 @@ def _ranks_label(runs: list[str], meta: dict) -> str:
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
     if meta.get("fit", "train") != "train":
         what += f", fit {meta['fit']}"
+    which = "last checkpoint, epoch" if meta.get("checkpoint") == "last" else "best epoch"
     if len(runs) > 1:
-        return f"{', '.join(runs)} (mean of {len(runs)} runs per user; first: {what}, best epoch {meta.get('epoch', '?')})"
-    return f"{runs[0]} ({what}, best epoch {meta.get('epoch', '?')})"
+        return f"{', '.join(runs)} (mean of {len(runs)} runs per user; first: {what}, {which} {meta.get('epoch', '?')})"
+    return f"{runs[0]} ({what}, {which} {meta.get('epoch', '?')})"
 
 
 def cmd_data_stats(args) -> int:
@@ -341,8 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-path")
     e.add_argument("--device", default="auto")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="best: the weights the run tests (best validation; a refit's final ones); last: the "
+                        "latest checkpoint, e.g. of a run still training")
     e.add_argument("--save-ranks", nargs="?", const="", metavar="FILE",
-                   help="also write each user's rank (default FILE: <run>/<stage>_ranks.npz), for `elasticrec compare`")
+                   help="also write each user's rank (default FILE: <run>/<stage>_ranks.npz; with --checkpoint last "
+                        "<run>/<stage>_ranks_epoch-NNNN.npz), for `elasticrec compare`")
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="paired significance test of two runs on the same users",

@@ -85,3 +85,14 @@ def load_best(ckpt_dir: Path, model, map_location="cpu") -> dict:
     meta = _verify(ckpt_dir, "best.json")
     load_model(model, str(ckpt_dir / "best.safetensors"), device=str(map_location))
     return meta
+
+
+def load_last_weights(ckpt_dir: Path, model, map_location="cpu") -> dict:
+    """Load the weights of the latest checkpoint (``last.json``), not the best-validation ones.
+    Returns ``{"epoch": E, "epochs_trained": N}`` (E = the epoch that checkpoint ended,
+    0-based; N = whole epochs done) plus ``"partial_epoch": True`` when a budget stopped it
+    mid-epoch."""
+    _, state = load_checkpoint(ckpt_dir, model, map_location)
+    meta = _verify(ckpt_dir, "last.json")
+    info = {"epoch": int(meta["epoch"]), "epochs_trained": int(state["epoch"])}
+    return {**info, "partial_epoch": True} if state.get("batch") else info
