@@ -6,8 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 from elasticrec.config import ExperimentConfig, load_config, merge
+from elasticrec.models import build_model
 from elasticrec.train.batches import TrainSequences
-from elasticrec.train.checkpoint import CheckpointError, load_checkpoint
+from elasticrec.train.checkpoint import CheckpointError, load_checkpoint, load_last_weights
 from elasticrec.train.losses import next_item_loss
 from elasticrec.train.trainer import Trainer, TrainingError
 
@@ -87,6 +88,11 @@ def test_stop_inside_an_epoch_then_resume_trains_like_an_uninterrupted_run(cycli
     assert stopped.state.epoch == 1 and stopped.state.batch == spe // 2
     line = json.loads((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["epoch"] == 1 and line["partial_epoch"] == pytest.approx((spe // 2) / spe)
+    probe = build_model(stopped.cfg.model, cyclic_data.n_items)   # `evaluate --checkpoint last`'s loader
+    info = load_last_weights(tmp_path / "b" / "run" / "checkpoints", probe)
+    assert info == {"epoch": 1, "epochs_trained": 1, "partial_epoch": True}
+    for (k, a), b in zip(stopped.model.state_dict().items(), probe.state_dict().values()):
+        assert torch.equal(a, b), k
     resumed = Trainer(cfg("b"), data=cyclic_data, resume=True)
     assert (resumed.state.epoch, resumed.state.batch) == (1, spe // 2)
     resumed.fit()
