@@ -201,7 +201,8 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.n_items).to(device)
-    if args.checkpoint == "last":   # e.g. a refit still running, or a point on a training curve
+    last = args.checkpoint == "last"   # e.g. a refit still running, or a point on a training curve
+    if last:
         info = load_last_weights(run / "checkpoints", model, map_location=device)
         part = " (stopped mid-epoch)" if info.get("partial_epoch") else ""
         print(f"{run}: last checkpoint, epoch {info['epoch']}{part}, {info['epochs_trained']} whole epochs trained"
@@ -215,16 +216,15 @@ def cmd_evaluate(args) -> int:
         ranks = ev.ranks(model, args.stage, users)
     res = ev.summarize(ranks)
     if args.save_ranks is not None:
-        out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if args.checkpoint == "best"
+        out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if not last
                else run / f"{args.stage}_ranks_epoch-{info['epoch']:04d}.npz")   # never over the run's own ranks
         meta = ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch"))
-        if args.checkpoint == "last":
+        if last:
             meta.update(checkpoint="last", epochs_trained=info["epochs_trained"])
         save_ranks(out, users, ranks, meta)
         print(f"ranks of {len(users)} users written to {out}", file=sys.stderr)
-    if args.checkpoint == "last":
-        res.update(checkpoint="last", epoch=info["epoch"], epochs_trained=info["epochs_trained"],
-                   **({"partial_epoch": True} if info.get("partial_epoch") else {}))
+    if last:
+        res.update(checkpoint="last", **info)   # epoch, epochs_trained (, partial_epoch)
     print(json.dumps(res, indent=2))
     return 0
 

@@ -6,8 +6,8 @@ import pytest
 
 from elasticrec.evaluate.metrics import metrics_from_ranks
 from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_runs, compare_stages,
-                                              format_length_table, format_stage_table, format_table, history_lengths, length_buckets, load_ranks,
-                                              paired_test, per_user, save_ranks)
+                                              format_length_table, format_stage_table, format_table, history_lengths,
+                                              length_buckets, load_ranks, paired_test, per_user, save_ranks)
 
 META = {"dataset": "toy", "stage": "test", "protocol": "full", "exclude_history": True}
 

@@ -200,11 +200,8 @@ def compare_stages(a: Sources, b: Sources, metrics=DEFAULT_METRICS, n_resamples:
     the two gaps over the users ranked at both stages: in each result ``a`` is the mean test gap,
     ``b`` the mean validation gap and ``diff`` (with its interval and p-value) validation minus
     test. Every run needs both ``valid_ranks.npz`` and ``test_ranks.npz``."""
-    gaps = {}
-    for stage in ("valid", "test"):
-        users, ra, rb, _, _ = load_sides(a, b, stage)
-        gaps[stage] = (users, ra, rb)
-    (uv, rav, rbv), (ut, rat, rbt) = gaps["valid"], gaps["test"]
+    uv, rav, rbv, _, _ = load_sides(a, b, "valid")
+    ut, rat, rbt, _, _ = load_sides(a, b, "test")
     both, iv, it = np.intersect1d(uv, ut, return_indices=True)
     if both.size == 0:
         raise RanksError("compare --stage-gap: no user is ranked at both stages")

@@ -92,7 +92,6 @@ def load_last_weights(ckpt_dir: Path, model, map_location="cpu") -> dict:
     Returns ``{"epoch": E, "epochs_trained": N}`` (E = the epoch that checkpoint ended,
     0-based; N = whole epochs done) plus ``"partial_epoch": True`` when a budget stopped it
     mid-epoch."""
-    _, state = load_checkpoint(ckpt_dir, model, map_location)
-    meta = _verify(ckpt_dir, "last.json")
-    info = {"epoch": int(meta["epoch"]), "epochs_trained": int(state["epoch"])}
+    epoch, state = load_checkpoint(ckpt_dir, model, map_location)   # verified once, there
+    info = {"epoch": epoch, "epochs_trained": int(state["epoch"])}
     return {**info, "partial_epoch": True} if state.get("batch") else info
