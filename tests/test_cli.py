@@ -185,7 +185,8 @@ def test_refit_retrains_on_train_and_valid_for_the_best_epoch_count(tmp_path, ca
     assert len(lines) == best + 1 and "valid/" not in "".join(lines)
     assert load_ranks(out)[2]["fit"] == "train+valid"
     assert main(["compare", str(run), str(out), "--resamples", "100", "--metrics", "MRR"]) == 0
-    assert "fit train+valid" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "fit train+valid, final epoch" in out_text and f"best epoch {best}" in out_text
 
     # --checkpoint last: a refit's latest checkpoint holds its final weights, the ones it tested;
     # its ranks go beside the run's own, never over them. Without best.json (a refit still

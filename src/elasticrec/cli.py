@@ -286,7 +286,10 @@ def _ranks_label(runs: list[str], meta: dict) -> str:
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
     if meta.get("fit", "train") != "train":
         what += f", fit {meta['fit']}"
-    which = "last checkpoint, epoch" if meta.get("checkpoint") == "last" else "best epoch"
+    if meta.get("checkpoint") == "last":
+        which = "last checkpoint, epoch"
+    else:  # a refit has no best epoch: it tests the weights of its final epoch
+        which = "best epoch" if meta.get("fit", "train") == "train" else "final epoch"
     if len(runs) > 1:
         return f"{', '.join(runs)} (mean of {len(runs)} runs per user; first: {what}, {which} {meta.get('epoch', '?')})"
     return f"{runs[0]} ({what}, {which} {meta.get('epoch', '?')})"
