@@ -148,7 +148,11 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
     loss: str = "ce"  # ce | sampled | bce
-    n_negatives: int = 256  # uniform negatives per batch for the sampled softmax
+    n_negatives: int = 256  # uniform negatives for the sampled softmax (see negatives_per)
+    # batch: the n_negatives items are drawn once per batch and shared by every position |
+    # position: n_negatives items drawn for each position (generative-recommenders' "local"
+    # sampling, which its published HSTU / SASRec ML-1M numbers use with 128 negatives)
+    negatives_per: str = "batch"
     in_batch_negatives: bool = True
     temperature: float = 1.0
     ce_impl: str = "chunked"  # chunked (row blocks, no full logits matrix) | plain (F.cross_entropy)
@@ -208,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.windows": ("last", "all", "random"),
     "train.fit": ("train", "train+valid"),
     "train.loss": ("ce", "sampled", "bce"),
+    "train.negatives_per": ("batch", "position"),
     "train.ce_impl": ("chunked", "plain"),
     "train.amp": ("auto", "bf16", "off"),
     "eval.protocol": ("full", "sampled"),

@@ -113,3 +113,66 @@ def test_chunked_ce_under_bf16_autocast_matches_fp32_reference():
     assert got.item() == pytest.approx(ref.item(), rel=2e-2)
     torch.testing.assert_close(g_h, r_h, rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(g_w, r_w, rtol=5e-2, atol=5e-2)
+
+
+def _sampled_reference(h, targets, emb, negatives, temperature):
+    """Textbook sampled softmax, one position at a time: the target against its own list of
+    negatives, accidental hits (a negative equal to the target) left out."""
+    losses = []
+    for q, t, negs in zip(h, targets, negatives):
+        negs = [n for n in negs.tolist() if n != t.item()]
+        logits = torch.stack([q @ emb[t]] + [q @ emb[n] for n in negs]) / temperature
+        losses.append(-torch.log_softmax(logits, 0)[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("negatives_per", ["batch", "position"])
+def test_sampled_softmax_equals_reference(negatives_per):
+    """negatives_per=batch: one draw of n_negatives items shared by every position (duplicates
+    merged); position: a fresh draw for each position (generative-recommenders' local sampling).
+    Both against the per-position textbook loss on the same draws, loss and gradients."""
+    torch.manual_seed(0)
+    n_items, k = 11, 6  # a small catalogue, so accidental hits and duplicates do occur
+    model = _Emb(n_items, 4)
+    h = torch.randn(3, 5, 4, requires_grad=True)
+    targets = torch.randint(1, n_items + 1, (3, 5))
+    targets[1, :3] = 0
+    cfg = TrainConfig(loss="sampled", n_negatives=k, in_batch_negatives=False, negatives_per=negatives_per,
+                      temperature=0.5)
+    torch.manual_seed(7)
+    got = next_item_loss(model, h, targets, cfg)
+    g_h, g_e = torch.autograd.grad(got, [h, model.item_emb.weight])
+
+    mask = targets > 0
+    n = int(mask.sum())
+    torch.manual_seed(7)  # the same draw the loss made
+    if negatives_per == "batch":
+        negatives = torch.unique(torch.randint(1, n_items + 1, (k,))).expand(n, -1)
+    else:
+        negatives = torch.randint(1, n_items + 1, (n, k))
+        assert any(len(set(r.tolist())) > 1 for r in negatives.t())  # positions differ
+    ref = _sampled_reference(h[mask], targets[mask], model.item_emb.weight, negatives, 0.5)
+    r_h, r_e = torch.autograd.grad(ref, [h, model.item_emb.weight])
+    assert (negatives == targets[mask][:, None]).any()  # the draw holds accidental hits
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(g_h, r_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_e, r_e, rtol=1e-5, atol=1e-6)
+
+
+def test_per_position_negatives_add_to_in_batch_ones():
+    """in_batch_negatives with negatives_per=position: each position's softmax holds the batch's
+    targets and its own uniform draw; neither alone gives the same loss."""
+    torch.manual_seed(0)
+    model = _Emb(50, 8)
+    h = torch.randn(2, 6, 8)
+    targets = torch.randint(1, 51, (2, 6))
+    losses = {}
+    for name, kw in {"both": dict(in_batch_negatives=True, n_negatives=5),
+                     "in-batch": dict(in_batch_negatives=True, n_negatives=0),
+                     "uniform": dict(in_batch_negatives=False, n_negatives=5)}.items():
+        torch.manual_seed(3)
+        losses[name] = next_item_loss(model, h, targets, TrainConfig(loss="sampled", negatives_per="position", **kw))
+    assert losses["both"] > losses["in-batch"] and losses["both"] > losses["uniform"]
+    with pytest.raises(ValueError, match="needs in_batch_negatives or n_negatives"):
+        next_item_loss(model, h, targets, TrainConfig(loss="sampled", in_batch_negatives=False, n_negatives=0,
+                                                      negatives_per="position"))

@@ -5,8 +5,10 @@
   at a time and computes its gradients in the same pass; ``ce_impl="plain"`` is the
   ``F.cross_entropy`` reference it is tested against.
 - ``sampled``: sampled softmax; negatives = other positions' targets in the batch (in-batch)
-  plus ``n_negatives`` uniform items, shared by all positions; accidental hits are masked;
-  optional logQ correction for the popularity-biased in-batch negatives; temperature.
+  plus ``n_negatives`` uniform items, either shared by all positions (``negatives_per="batch"``)
+  or drawn for each position (``"position"``, generative-recommenders' "local" sampling);
+  accidental hits are masked; optional logQ correction for the popularity-biased in-batch
+  negatives; temperature.
 - ``bce``: SASRec's binary cross-entropy with one uniform negative per position.
 """
 
@@ -51,22 +53,30 @@ def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
 
 
 def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
+    per_position = cfg.negatives_per == "position" and cfg.n_negatives > 0
     cands = []
     if cfg.in_batch_negatives:
         cands.append(t)
-    if cfg.n_negatives > 0:
+    if cfg.n_negatives > 0 and not per_position:
         cands.append(torch.randint(1, emb.shape[0], (cfg.n_negatives,), device=t.device))
-    if not cands:
+    if not cands and not per_position:
         raise ValueError("sampled softmax needs in_batch_negatives or n_negatives > 0")
-    neg = torch.unique(torch.cat(cands))  # [M]
     pos_logit = (h * emb[t]).sum(-1, keepdim=True).float()  # [N, 1]
-    neg_logit = (h @ emb[neg].t()).float()  # [N, M]
-    if cfg.logq and log_q is not None:
+    if cfg.logq and log_q is not None and cfg.in_batch_negatives:
         # correct for items' sampling probability (popular items appear more often in-batch)
-        neg_logit = neg_logit - log_q[neg][None]
         pos_logit = pos_logit - log_q[t][:, None]
-    neg_logit = neg_logit.masked_fill(neg[None] == t[:, None], float("-inf"))  # accidental hits
-    logits = torch.cat([pos_logit, neg_logit], 1) / cfg.temperature
+    blocks = [pos_logit]
+    if cands:  # negatives shared by every position: one [N, M] matrix product
+        neg = torch.unique(torch.cat(cands))  # [M]
+        neg_logit = (h @ emb[neg].t()).float()
+        if cfg.logq and log_q is not None and cfg.in_batch_negatives:
+            neg_logit = neg_logit - log_q[neg][None]
+        blocks.append(neg_logit.masked_fill(neg[None] == t[:, None], float("-inf")))  # accidental hits
+    if per_position:  # n_negatives uniform items for each position: [N, K, D] gathered rows
+        neg = torch.randint(1, emb.shape[0], (t.numel(), cfg.n_negatives), device=t.device)
+        neg_logit = torch.bmm(F.embedding(neg, emb), h.unsqueeze(-1)).squeeze(-1).float()
+        blocks.append(neg_logit.masked_fill(neg == t[:, None], float("-inf")))
+    logits = torch.cat(blocks, 1) / cfg.temperature
     return F.cross_entropy(logits, torch.zeros_like(t), reduction=reduction)
 
 
