@@ -126,11 +126,12 @@ def _sampled_reference(h, targets, emb, negatives, temperature):
     return torch.stack(losses).mean()
 
 
-@pytest.mark.parametrize("negatives_per", ["batch", "position"])
-def test_sampled_softmax_equals_reference(negatives_per):
+@pytest.mark.parametrize("negatives_per,rows", [("batch", 0), ("position", 0), ("position", 4)])
+def test_sampled_softmax_equals_reference(negatives_per, rows):
     """negatives_per=batch: one draw of n_negatives items shared by every position (duplicates
-    merged); position: a fresh draw for each position (generative-recommenders' local sampling).
-    Both against the per-position textbook loss on the same draws, loss and gradients."""
+    merged); position: a fresh draw for each position (generative-recommenders' local sampling;
+    computed block by block against the whole table, a class drawn twice counting twice). Both
+    against the per-position textbook loss on the same draws, loss and gradients."""
     torch.manual_seed(0)
     n_items, k = 11, 6  # a small catalogue, so accidental hits and duplicates do occur
     model = _Emb(n_items, 4)
@@ -138,7 +139,7 @@ def test_sampled_softmax_equals_reference(negatives_per):
     targets = torch.randint(1, n_items + 1, (3, 5))
     targets[1, :3] = 0
     cfg = TrainConfig(loss="sampled", n_negatives=k, in_batch_negatives=False, negatives_per=negatives_per,
-                      temperature=0.5)
+                      temperature=0.5, ce_chunk_rows=rows)
     torch.manual_seed(7)
     got = next_item_loss(model, h, targets, cfg)
     g_h, g_e = torch.autograd.grad(got, [h, model.item_emb.weight])
@@ -151,6 +152,7 @@ def test_sampled_softmax_equals_reference(negatives_per):
     else:
         negatives = torch.randint(1, n_items + 1, (n, k))
         assert any(len(set(r.tolist())) > 1 for r in negatives.t())  # positions differ
+        assert any(len(set(r.tolist())) < k for r in negatives)  # and some draw a class twice
     ref = _sampled_reference(h[mask], targets[mask], model.item_emb.weight, negatives, 0.5)
     r_h, r_e = torch.autograd.grad(ref, [h, model.item_emb.weight])
     assert (negatives == targets[mask][:, None]).any()  # the draw holds accidental hits
@@ -173,6 +175,13 @@ def test_per_position_negatives_add_to_in_batch_ones():
         torch.manual_seed(3)
         losses[name] = next_item_loss(model, h, targets, TrainConfig(loss="sampled", negatives_per="position", **kw))
     assert losses["both"] > losses["in-batch"] and losses["both"] > losses["uniform"]
+    # the combined path (gathered rows) against the textbook loss on the same draws
+    mask = targets > 0
+    torch.manual_seed(3)
+    own = torch.randint(1, 51, (int(mask.sum()), 5))
+    negatives = torch.cat([torch.unique(targets[mask]).expand(len(own), -1), own], 1)
+    ref = _sampled_reference(h[mask], targets[mask], model.item_emb.weight, negatives, 1.0)
+    assert losses["both"].item() == pytest.approx(ref.item(), rel=1e-5)
     with pytest.raises(ValueError, match="needs in_batch_negatives or n_negatives"):
         next_item_loss(model, h, targets, TrainConfig(loss="sampled", in_batch_negatives=False, n_negatives=0,
                                                       negatives_per="position"))

@@ -72,8 +72,14 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
         if cfg.logq and log_q is not None and cfg.in_batch_negatives:
             neg_logit = neg_logit - log_q[neg][None]
         blocks.append(neg_logit.masked_fill(neg[None] == t[:, None], float("-inf")))  # accidental hits
-    if per_position:  # n_negatives uniform items for each position: [N, K, D] gathered rows
+    if per_position:  # n_negatives uniform items for each position
         neg = torch.randint(1, emb.shape[0], (t.numel(), cfg.n_negatives), device=t.device)
+        if not cands:
+            # only these draws: score blocks of rows against the whole table and keep the drawn
+            # columns (3 matrix products per block, as the full softmax); gathering [N, K, D]
+            # item rows instead is 2.6x slower on CPU for ML-1M's 3,416 items
+            total = chunked_linear_ce(h, emb[1:], t - 1, 1.0 / cfg.temperature, cfg.ce_chunk_rows, neg - 1)
+            return total / t.numel() if reduction == "mean" else total
         neg_logit = torch.bmm(F.embedding(neg, emb), h.unsqueeze(-1)).squeeze(-1).float()
         blocks.append(neg_logit.masked_fill(neg == t[:, None], float("-inf")))
     logits = torch.cat(blocks, 1) / cfg.temperature
@@ -92,7 +98,7 @@ class ChunkedLinearCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, t, scale: float, rows: int):
+    def forward(ctx, h, w, t, scale: float, rows: int, negatives=None):
         grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         gh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if grads else None
         gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if grads else None
@@ -103,6 +109,11 @@ class ChunkedLinearCE(torch.autograd.Function):
                 logits = (hc @ w.t()).float()
                 if scale != 1.0:
                     logits.mul_(scale)
+                if negatives is not None:  # sampled softmax: keep the target and each row's draws,
+                    # a class drawn n times counts n times (+ log n), the rest -inf (log 0)
+                    cnt = torch.zeros_like(logits).scatter_add_(
+                        1, negatives[s:s + rows], torch.ones(negatives[s:s + rows].shape, device=logits.device))
+                    logits.add_(cnt.scatter_(1, tc[:, None], 1.0).log_())  # a drawn target is the target
                 lse = torch.logsumexp(logits, -1)
                 total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
                 if not grads:
@@ -123,7 +134,7 @@ class ChunkedLinearCE(torch.autograd.Function):
         gh, gw = ctx.saved_tensors
         dh, dw = ctx.dtypes
         return ((gh * g).to(dh) if ctx.needs_input_grad[0] else None,
-                (gw * g).to(dw) if ctx.needs_input_grad[1] else None, None, None, None)
+                (gw * g).to(dw) if ctx.needs_input_grad[1] else None, None, None, None, None)
 
 
 def ce_block_rows(n_classes: int, device: torch.device, rows: int = 0) -> int:
@@ -136,6 +147,9 @@ def ce_block_rows(n_classes: int, device: torch.device, rows: int = 0) -> int:
 
 
 def chunked_linear_ce(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, scale: float = 1.0,
-                      rows: int = 0) -> torch.Tensor:
-    """``F.cross_entropy(scale * h @ w.T, t, reduction="sum")`` without the full logits matrix."""
-    return ChunkedLinearCE.apply(h, w, t, float(scale), ce_block_rows(w.shape[0], h.device, rows))
+                      rows: int = 0, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.cross_entropy(scale * h @ w.T, t, reduction="sum")`` without the full logits matrix.
+
+    ``negatives`` ([N, K] class ids): a sampled softmax instead, each row over its target and its
+    own K drawn classes (a draw equal to the target dropped, a class drawn twice counted twice)."""
+    return ChunkedLinearCE.apply(h, w, t, float(scale), ce_block_rows(w.shape[0], h.device, rows), negatives)
