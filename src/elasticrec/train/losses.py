@@ -76,8 +76,8 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
         neg = torch.randint(1, emb.shape[0], (t.numel(), cfg.n_negatives), device=t.device)
         if not cands:
             # only these draws: score blocks of rows against the whole table and keep the drawn
-            # columns (3 matrix products per block, as the full softmax); gathering [N, K, D]
-            # item rows instead is 2.6x slower on CPU for ML-1M's 3,416 items
+            # columns (3 matrix products per block, as the full softmax, but no softmax over the
+            # table); gathering [N, K, D] item rows instead is 2.6x slower on CPU for ML-1M
             total = chunked_linear_ce(h, emb[1:], t - 1, 1.0 / cfg.temperature, cfg.ce_chunk_rows, neg - 1)
             return total / t.numel() if reduction == "mean" else total
         neg_logit = torch.bmm(F.embedding(neg, emb), h.unsqueeze(-1)).squeeze(-1).float()
@@ -109,17 +109,25 @@ class ChunkedLinearCE(torch.autograd.Function):
                 logits = (hc @ w.t()).float()
                 if scale != 1.0:
                     logits.mul_(scale)
-                if negatives is not None:  # sampled softmax: keep the target and each row's draws,
-                    # a class drawn n times counts n times (+ log n), the rest -inf (log 0)
-                    cnt = torch.zeros_like(logits).scatter_add_(
-                        1, negatives[s:s + rows], torch.ones(negatives[s:s + rows].shape, device=logits.device))
-                    logits.add_(cnt.scatter_(1, tc[:, None], 1.0).log_())  # a drawn target is the target
-                lse = torch.logsumexp(logits, -1)
-                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
-                if not grads:
-                    continue
-                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                p[torch.arange(len(tc), device=tc.device), tc] -= 1.0
+                if negatives is None:
+                    lse = torch.logsumexp(logits, -1)
+                    total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                    if not grads:
+                        continue
+                    p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                    p[torch.arange(len(tc), device=tc.device), tc] -= 1.0
+                else:  # sampled softmax over column 0 = the target and the row's own draws
+                    cols = torch.cat([tc[:, None], negatives[s:s + rows]], 1)
+                    sel = logits.gather(1, cols)
+                    sel[:, 1:].masked_fill_(cols[:, 1:] == tc[:, None], float("-inf"))  # accidental hits
+                    lse = torch.logsumexp(sel, -1)
+                    total += (lse - sel[:, 0]).sum()
+                    if not grads:
+                        continue
+                    q = sel.sub_(lse[:, None]).exp_()
+                    q[:, 0] -= 1.0
+                    # d logits: scattered back (a class drawn twice gets both terms), zero elsewhere
+                    p = logits.zero_().scatter_add_(1, cols, q)
                 if scale != 1.0:
                     p.mul_(scale)
                 gh[s:s + rows] = p.to(w.dtype) @ w  # .to is a no-op when the dtypes match
