@@ -1,5 +1,8 @@
 """Full-softmax cross-entropy: block-wise (``train.ce_impl=chunked``) against ``F.cross_entropy``
-on the whole logits matrix (``plain``), forward + backward, at batch shapes of our presets.
+on the whole logits matrix (``plain``), forward + backward, at batch shapes of our presets; and
+the 128-negative sampled softmax: negatives shared by the batch, drawn per position (block-wise
+against the whole table, ``train.negatives_per=position``), and per position by gathering
+[tokens, 128, d] item rows (the direct implementation, here only as a yardstick).
 
 Each (shape, impl) cell runs in a fresh process so that its peak resident memory is its own:
 "extra peak" is the peak RSS minus the RSS after the inputs were built. Time is the minimum of
@@ -19,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+NEGATIVES = 128  # generative-recommenders' ML-1M setting
+IMPLS = ("plain", "chunked", "sampled-batch", "sampled-position", "sampled-gather")
 # (label, target tokens per batch, catalogue size): batch x valid positions of the presets
 SHAPES = [
     ("ML-1M, batch 128 x 200", 25600, 3416),
@@ -38,6 +43,7 @@ def _rss_mib() -> float:
 
 def cell(n_tok: int, n_items: int, impl: str, repeats: int, threads: int, d: int = 64) -> dict:
     import torch
+    import torch.nn.functional as F
 
     from elasticrec.config import TrainConfig
     from elasticrec.train.losses import next_item_loss
@@ -55,13 +61,22 @@ def cell(n_tok: int, n_items: int, impl: str, repeats: int, threads: int, d: int
         def output_queries(self, q):
             return q
 
-    cfg = TrainConfig(ce_impl=impl)
+    sampled = dict(loss="sampled", n_negatives=NEGATIVES, in_batch_negatives=False)
+    cfg = {"sampled-batch": TrainConfig(**sampled), "sampled-position": TrainConfig(**sampled, negatives_per="position")
+           }.get(impl) or TrainConfig(ce_impl="chunked" if impl == "sampled-gather" else impl)
+
+    def gathered():  # per-position negatives, scored by gathering their item rows
+        neg = torch.randint(1, n_items + 1, (n_tok, NEGATIVES))
+        pos = (h * emb.weight[tgt]).sum(-1, keepdim=True)
+        lg = torch.bmm(F.embedding(neg, emb.weight), h.unsqueeze(-1)).squeeze(-1).masked_fill(neg == tgt[:, None], -1e9)
+        return F.cross_entropy(torch.cat([pos, lg], 1), torch.zeros_like(tgt))
+
     base = _rss_mib()
     times = []
     for _ in range(repeats):
         h.grad, emb.weight.grad = None, None
         t0 = time.perf_counter()
-        next_item_loss(Head(), h, tgt, cfg).backward()
+        (gathered() if impl == "sampled-gather" else next_item_loss(Head(), h, tgt, cfg)).backward()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"tokens": n_tok, "items": n_items, "impl": impl, "time_s": min(times),
@@ -87,7 +102,7 @@ def main() -> None:
     rows = []
     for label, n_tok, n_items in shapes:
         res = {}
-        for impl in ("plain", "chunked"):
+        for impl in IMPLS:
             out = subprocess.run([sys.executable, __file__, "--cell", str(n_tok), str(n_items), impl,
                                   "--repeats", str(a.repeats), "--threads", str(a.threads)],
                                  capture_output=True, text=True)
@@ -121,6 +136,19 @@ def main() -> None:
         lines.append(f"| {r['shape']} | {r['tokens']} | {r['items']} | {fmt(p, 'time_s', '{:.2f}'.format)} | "
                      f"{fmt(c, 'time_s', '{:.2f}'.format)} | {speed} | "
                      f"{fmt(p, 'extra_peak_mib', '{:.0f}'.format)} | {fmt(c, 'extra_peak_mib', '{:.0f}'.format)} |")
+    lines += [
+        "", f"## Sampled softmax, {NEGATIVES} uniform negatives", "",
+        "Same shapes and measurement. *shared*: one draw per batch (`train.loss=sampled "
+        f"train.n_negatives={NEGATIVES} train.in_batch_negatives=false`); *per position*: a draw for "
+        "every position (`train.negatives_per=position`), computed block-wise against the whole "
+        "table; *gathered*: the same loss computed by gathering each position's negative item rows.",
+        "", "| shape | shared s | per position s | gathered s | shared MiB | per position MiB | gathered MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["sampled-batch"], r["sampled-position"], r["sampled-gather"]]
+        lines.append(f"| {r['shape']} | " + " | ".join(fmt(c, "time_s", "{:.2f}".format) for c in cells) + " | "
+                     + " | ".join(fmt(c, "extra_peak_mib", "{:.0f}".format) for c in cells) + " |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".md").write_text("\n".join(lines) + "\n")
     Path(a.out + ".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")

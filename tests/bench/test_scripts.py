@@ -46,7 +46,9 @@ def test_ce_loss_benchmark_writes_its_table(tmp_path):
                    capture_output=True)
     rows = json.loads((out.with_suffix(".json")).read_text())["rows"]
     assert [(r["tokens"], r["items"]) for r in rows] == [(64, 50), (33, 7)]
-    assert all("time_s" in r[i] for r in rows for i in ("plain", "chunked"))
+    assert all("time_s" in r[i] for r in rows for i in ("plain", "chunked", "sampled-batch", "sampled-position",
+                                                     "sampled-gather"))
+    assert "## Sampled softmax, 128 uniform negatives" in (out.with_suffix(".md")).read_text()
     assert "| 64 x 50 | 64 | 50 |" in (out.with_suffix(".md")).read_text()
 
 
