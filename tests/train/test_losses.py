@@ -126,12 +126,18 @@ def _sampled_reference(h, targets, emb, negatives, temperature):
     return torch.stack(losses).mean()
 
 
-@pytest.mark.parametrize("negatives_per,rows", [("batch", 0), ("position", 0), ("position", 4)])
-def test_sampled_softmax_equals_reference(negatives_per, rows):
+@pytest.mark.parametrize("negatives_per,rows,blockwise", [("batch", 0, True), ("position", 0, True),
+                                                          ("position", 4, True), ("position", 0, False)])
+def test_sampled_softmax_equals_reference(negatives_per, rows, blockwise, monkeypatch):
     """negatives_per=batch: one draw of n_negatives items shared by every position (duplicates
     merged); position: a fresh draw for each position (generative-recommenders' local sampling;
     computed block by block against the whole table, a class drawn twice counting twice). Both
-    against the per-position textbook loss on the same draws, loss and gradients."""
+    against the per-position textbook loss on the same draws, loss and gradients. blockwise=False:
+    the gathered-rows path that large catalogues take."""
+    from elasticrec.train import losses
+
+    if not blockwise:
+        monkeypatch.setattr(losses, "BLOCKWISE_ITEMS_PER_NEGATIVE", 0)
     torch.manual_seed(0)
     n_items, k = 11, 6  # a small catalogue, so accidental hits and duplicates do occur
     model = _Emb(n_items, 4)
