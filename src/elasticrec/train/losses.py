@@ -55,8 +55,8 @@ def next_item_loss(model, h: torch.Tensor, targets: torch.Tensor, cfg: TrainConf
 # per-position negatives without in-batch ones are scored block-wise against the whole item table
 # while it holds at most this many items per negative (3 [N, V] matrix products, no [N, K, D]
 # gather); beyond it gathering the drawn rows is cheaper. Measured on CPU at K=128
-# (docs/ce_loss.md): block-wise 2x faster on ML-1M (3,416 items), gathering 1.2x faster on
-# Beauty (12,101) and 5-9x on 54k-100k items.
+# (docs/ce_loss.md): block-wise 3.6x faster on ML-1M (3,416 items), gathering 1.2x faster on
+# Beauty (12,101) and 5-7x on 54k-100k items.
 BLOCKWISE_ITEMS_PER_NEGATIVE = 64
 
 
