@@ -129,6 +129,18 @@ def limit_onednn_cache() -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 instructions on this CPU (AVX512-BF16 or AMX). Without them bf16
+    matmuls are emulated: a 2-layer ML-1M epoch took 464 s in bf16 against 52 s in fp32 on a
+    2-core AVX2-only AMD EPYC VM."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: assume the best
+        return True
+
+
 def resolve_device(name: str = "auto"):
     import torch
 

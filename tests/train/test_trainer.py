@@ -253,3 +253,25 @@ def test_refit_never_validates_and_tests_the_final_weights(cyclic_data, tmp_path
     best = load_file(str(run / "checkpoints" / "best.safetensors"))
     assert all(torch.equal(final[k], best[k]) for k in final)  # tested = final weights
     assert np.load(run / "test_ranks.npz")["meta"].item().find('"fit": "train+valid"') >= 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns(native, cyclic_data, tmp_path, monkeypatch):
+    """Emulated bf16 (no AVX512-BF16 / AMX) is about 9x slower than fp32: say so, once."""
+    import warnings
+
+    from elasticrec.train import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(small_cfg(tmp_path / "bf16", amp="bf16", device="cpu"), data=cyclic_data)
+        Trainer(small_cfg(tmp_path / "fp32", amp="off", device="cpu"), data=cyclic_data)
+    said = [str(w.message) for w in caught if "native bf16" in str(w.message)]
+    assert len(said) == (0 if native else 1) and all("train.amp=off" in m for m in said)
+
+
+def test_cpu_has_native_bf16_answers():
+    from elasticrec.utils import cpu_has_native_bf16
+
+    assert isinstance(cpu_has_native_bf16(), bool)
