@@ -69,15 +69,16 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
         cands.append(torch.randint(1, emb.shape[0], (cfg.n_negatives,), device=t.device))
     if not cands and not per_position:
         raise ValueError("sampled softmax needs in_batch_negatives or n_negatives > 0")
+    # logQ: correct for items' sampling probability (popular items appear more often in-batch)
+    correct = cfg.logq and log_q is not None and cfg.in_batch_negatives
     pos_logit = (h * emb[t]).sum(-1, keepdim=True).float()  # [N, 1]
-    if cfg.logq and log_q is not None and cfg.in_batch_negatives:
-        # correct for items' sampling probability (popular items appear more often in-batch)
+    if correct:
         pos_logit = pos_logit - log_q[t][:, None]
     blocks = [pos_logit]
     if cands:  # negatives shared by every position: one [N, M] matrix product
         neg = torch.unique(torch.cat(cands))  # [M]
         neg_logit = (h @ emb[neg].t()).float()
-        if cfg.logq and log_q is not None and cfg.in_batch_negatives:
+        if correct:
             neg_logit = neg_logit - log_q[neg][None]
         blocks.append(neg_logit.masked_fill(neg[None] == t[:, None], float("-inf")))  # accidental hits
     if per_position:  # n_negatives uniform items for each position
