@@ -69,18 +69,6 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
         cands.append(torch.randint(1, emb.shape[0], (cfg.n_negatives,), device=t.device))
     if not cands and not per_position:
         raise ValueError("sampled softmax needs in_batch_negatives or n_negatives > 0")
-    # logQ: correct for items' sampling probability (popular items appear more often in-batch)
-    correct = cfg.logq and log_q is not None and cfg.in_batch_negatives
-    pos_logit = (h * emb[t]).sum(-1, keepdim=True).float()  # [N, 1]
-    if correct:
-        pos_logit = pos_logit - log_q[t][:, None]
-    blocks = [pos_logit]
-    if cands:  # negatives shared by every position: one [N, M] matrix product
-        neg = torch.unique(torch.cat(cands))  # [M]
-        neg_logit = (h @ emb[neg].t()).float()
-        if correct:
-            neg_logit = neg_logit - log_q[neg][None]
-        blocks.append(neg_logit.masked_fill(neg[None] == t[:, None], float("-inf")))  # accidental hits
     if per_position:  # n_negatives uniform items for each position
         neg = torch.randint(1, emb.shape[0], (t.numel(), cfg.n_negatives), device=t.device)
         if not cands and emb.shape[0] - 1 <= BLOCKWISE_ITEMS_PER_NEGATIVE * cfg.n_negatives:
@@ -88,6 +76,19 @@ def _sampled_softmax(h, t, emb, cfg: TrainConfig, log_q, reduction="mean"):
             # the drawn columns (about the cost of the full softmax, a tenth of the gather's memory)
             total = chunked_linear_ce(h, emb[1:], t - 1, 1.0 / cfg.temperature, cfg.ce_chunk_rows, neg - 1)
             return total / t.numel() if reduction == "mean" else total
+    # logQ: correct for items' sampling probability (popular items appear more often in-batch)
+    correct = cfg.logq and log_q is not None and cfg.in_batch_negatives
+    pos_logit = (h * emb[t]).sum(-1, keepdim=True).float()  # [N, 1]
+    if correct:
+        pos_logit = pos_logit - log_q[t][:, None]
+    blocks = [pos_logit]
+    if cands:  # negatives shared by every position: one [N, M] matrix product
+        neg_shared = torch.unique(torch.cat(cands))  # [M]
+        neg_logit = (h @ emb[neg_shared].t()).float()
+        if correct:
+            neg_logit = neg_logit - log_q[neg_shared][None]
+        blocks.append(neg_logit.masked_fill(neg_shared[None] == t[:, None], float("-inf")))  # accidental hits
+    if per_position:  # large table or with in-batch negatives: gather each position's drawn rows
         neg_logit = torch.bmm(F.embedding(neg, emb), h.unsqueeze(-1)).squeeze(-1).float()
         blocks.append(neg_logit.masked_fill(neg == t[:, None], float("-inf")))
     logits = torch.cat(blocks, 1) / cfg.temperature
