@@ -210,3 +210,37 @@ def test_refit_retrains_on_train_and_valid_for_the_best_epoch_count(tmp_path, ca
     assert "itself a refit" in capsys.readouterr().err
     assert main(["refit", str(tmp_path), "--run-dir", str(tmp_path / "again")]) == 2  # no run there
     assert main(["refit", str(run), "--run-dir", str(tmp_path / "x"), "--set", "train.fit=train"]) == 2
+
+
+def test_evaluate_on_the_whole_history(tmp_path, capsys):
+    """`evaluate --history-len 0` feeds ELASTIC (chunk positions) each user's whole history, longer
+    than max_len, and saves its ranks beside the run's own without touching them; `compare` pairs
+    the two and labels the window. Learned positions cannot read past max_len: refused, in
+    evaluate and before training starts."""
+    short = [*SMALL, "--set", "model.max_len=8"]   # histories of up to 29 items before the target
+    run = tmp_path / "elastic"
+    assert main(["train", "--dataset", "synthetic", "--model", "elastic", "--epochs", "1", "--run-dir", str(run),
+                 "--no-progress", "--set", "model.pos_encoding=chunk", "--set", "model.elastic.chunk_align=start",
+                 "--set", "model.elastic.chunk_size=4", *short]) == 0
+    own = load_ranks(run)[1].copy()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--history-len", "0", "--save-ranks"]) == 0
+    assert json.loads(capsys.readouterr().out)["history"] == "whole history"
+    users, ranks, meta = load_ranks(run / "test_ranks_history-all.npz")
+    assert meta["history_len"] == 0 and meta["max_len"] == 8 and len(users) == 60
+    assert load_ranks(run)[1].tolist() == own.tolist()   # the run's own ranks are untouched
+    assert main(["evaluate", "--run", str(run), "--history-len", "8", "--save-ranks", str(tmp_path / "w8.npz")]) == 0
+    assert load_ranks(tmp_path / "w8.npz")[1].tolist() == own.tolist()   # the training window: the run's own ranks
+    capsys.readouterr()
+    assert main(["compare", str(run), str(run / "test_ranks_history-all.npz"), "--resamples", "100"]) == 0
+    assert ", whole history, best epoch" in capsys.readouterr().out
+
+    sasrec = tmp_path / "sasrec"
+    assert main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "1", "--run-dir", str(sasrec),
+                 "--no-progress", *short]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(sasrec), "--history-len", "0"]) == 2
+    assert "sasrec reads at most 8 (pos_encoding=learned)" in capsys.readouterr().err
+    assert main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "1", "--run-dir",
+                 str(tmp_path / "never"), "--no-progress", "--set", "eval.history_len=0", *short]) == 2
+    assert "reads at most 8" in capsys.readouterr().err and not (tmp_path / "never" / "checkpoints").exists()

@@ -195,6 +195,8 @@ def cmd_evaluate(args) -> int:
         cfg = merge(cfg, {"data": {"path": args.data_path}})
     if args.protocol:
         cfg = merge(cfg, {"eval": {"protocol": args.protocol}})
+    if args.history_len is not None:
+        cfg = merge(cfg, {"eval": {"history_len": args.history_len}})
     if args.stage == "valid" and cfg.train.fit != "train":
         raise ConfigError(f"{run} trained on the validation items (train.fit={cfg.train.fit}): "
                           "its validation scores mean nothing; evaluate --stage test")
@@ -216,8 +218,10 @@ def cmd_evaluate(args) -> int:
         ranks = ev.ranks(model, args.stage, users)
     res = ev.summarize(ranks)
     if args.save_ranks is not None:
-        out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if not last
-               else run / f"{args.stage}_ranks_epoch-{info['epoch']:04d}.npz")   # never over the run's own ranks
+        # a checkpoint or history window the run did not test never writes over the run's own ranks
+        tags = ([f"epoch-{info['epoch']:04d}"] if last else []) + _history_tag(cfg)
+        out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if not tags
+               else run / f"{args.stage}_ranks_{'_'.join(tags)}.npz")
         meta = ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch"))
         if last:
             meta.update(checkpoint="last", epochs_trained=info["epochs_trained"])
@@ -225,8 +229,17 @@ def cmd_evaluate(args) -> int:
         print(f"ranks of {len(users)} users written to {out}", file=sys.stderr)
     if last:
         res.update(checkpoint="last", **info)   # epoch, epochs_trained (, partial_epoch)
+    res["history"] = ev.history
     print(json.dumps(res, indent=2))
     return 0
+
+
+def _history_tag(cfg) -> list[str]:
+    """["history-all"] / ["history-N"] when evaluation reads other than the training window."""
+    from elasticrec.evaluate.significance import eval_history_len
+
+    h = eval_history_len(cfg)
+    return [] if h == cfg.model.max_len else [f"history-{h or 'all'}"]
 
 
 def cmd_compare(args) -> int:
@@ -286,6 +299,9 @@ def _ranks_label(runs: list[str], meta: dict) -> str:
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
     if meta.get("fit", "train") != "train":
         what += f", fit {meta['fit']}"
+    h = meta.get("history_len", meta.get("max_len"))
+    if h != meta.get("max_len"):
+        what += ", whole history" if h == 0 else f", last {h} items"
     if meta.get("checkpoint") == "last":
         which = "last checkpoint, epoch"
     else:  # a refit has no best epoch: it tests the weights of its final epoch
@@ -362,9 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best: the weights the run tests (best validation; a refit's final ones); last: the "
                         "latest checkpoint, e.g. of a run still training")
+    e.add_argument("--history-len", type=int, metavar="N",
+                   help="history items fed to the model per user (eval.history_len): default model.max_len, the "
+                        "training window; 0 = the whole history (needs a model whose positions allow it, e.g. "
+                        "ELASTIC with pos_encoding chunk)")
     e.add_argument("--save-ranks", nargs="?", const="", metavar="FILE",
                    help="also write each user's rank (default FILE: <run>/<stage>_ranks.npz; with --checkpoint last "
-                        "<run>/<stage>_ranks_epoch-NNNN.npz), for `elasticrec compare`")
+                        "<run>/<stage>_ranks_epoch-NNNN.npz; with --history-len <run>/<stage>_ranks_history-N.npz, "
+                        "N = all for 0), for `elasticrec compare`")
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="paired significance test of two runs on the same users",

@@ -190,6 +190,11 @@ class EvalConfig:
     negative_sampling: str = "popularity"  # popularity | uniform
     select_metric: str = "NDCG@10"
     seed: int = 2024
+    # history items the model reads for each evaluated user: None = model.max_len (the training
+    # window); 0 = the whole history; N = the most recent N. Beyond max_len it needs a model whose
+    # positions do not stop at max_len (ELASTIC with pos_encoding chunk, learned-start or none;
+    # SASRec or LinRec with none or rotary); others are refused
+    history_len: int | None = None
 
 
 @dataclass

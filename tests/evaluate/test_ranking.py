@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from elasticrec.config import EvalConfig
@@ -58,3 +59,80 @@ def test_sampled_protocol_is_labelled_and_easier(cyclic_data):
     assert samp["protocol"].startswith("SAMPLED")
     assert samp["HR@10"] == 1.0  # only 5 negatives: the target is always in the top 10
     assert full["HR@10"] < 1.0
+
+
+def test_build_eval_batch_whole_history_pads_to_the_longest(cyclic_data):
+    d = cyclic_data
+    u = np.array([0, 1, 2])
+    x, t, hr, hi = build_eval_batch(d, u, "test", max_len=None)
+    lens = [len(d.sequence(i)) - 1 for i in u]
+    assert x.shape == (3, max(lens))
+    for row, (i, n) in enumerate(zip(u, lens)):
+        assert list(x[row, x.shape[1] - n:]) == list(d.sequence(i)[:-1])
+        assert (x[row, : x.shape[1] - n] == 0).all()
+
+
+def _tiny(name, max_len, align="end", **kw):
+    from elasticrec.config import ModelConfig
+    from elasticrec.models import build_model
+
+    cfg = ModelConfig(name=name, max_len=max_len, d_model=16, n_layers=2, n_heads=2, dropout=0.0, **kw)
+    if name == "elastic":
+        cfg.elastic.chunk_size, cfg.elastic.n_dispatchers, cfg.elastic.chunk_align = 4, 3, align
+    torch.manual_seed(0)
+    return cfg, build_model(cfg, 30).eval()
+
+
+def _direct_ranks(d, model, users, window):
+    """Each user alone, unpadded, through the model: the rank of its test item among the items
+    outside its history (the evaluator's protocol, written out one user at a time)."""
+    out = []
+    for u in users:
+        seq = d.sequence(int(u))
+        hist, target = seq[:-1], int(seq[-1])
+        x = torch.as_tensor(hist[-window:] if window else hist, dtype=torch.long)[None]
+        with torch.no_grad():
+            s = model.score_all(model.last_hidden(x))[0].float()
+        s[0] = float("-inf")
+        s[torch.as_tensor([i for i in set(hist.tolist()) if i != target], dtype=torch.long)] = float("-inf")
+        out.append(int((s > s[target]).sum()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("pos", ["chunk", "none", "learned-start"])
+def test_whole_history_equals_each_user_alone(cyclic_data, pos):
+    """eval.history_len=0 feeds every user's whole history (longer than max_len here), batches of
+    mixed lengths sorted by length and restored to the users' order: the ranks equal those of each
+    user run alone, unpadded."""
+    d = cyclic_data
+    _, model = _tiny("elastic", max_len=6, align="start" if pos == "chunk" else "end", pos_encoding=pos)
+    users = d.eval_users("test")[::-1][:40]   # not sorted by id or length
+    ev = Evaluator(d, EvalConfig(ks=[10], history_len=0, batch_size=7), max_len=6)
+    assert ev.history == "whole history"
+    assert d.history_lengths("test")[users].max() > 6
+    np.testing.assert_array_equal(ev.ranks(model, "test", users), _direct_ranks(d, model, users, None))
+    ev8 = Evaluator(d, EvalConfig(ks=[10], history_len=8, batch_size=7), max_len=6)
+    assert ev8.history == "last 8 items"
+    np.testing.assert_array_equal(ev8.ranks(model, "test", users), _direct_ranks(d, model, users, 8))
+
+
+def test_shorter_window_and_refusal_of_learned_positions(cyclic_data):
+    """A window inside max_len works for any model; beyond it, learned positions (counted from the
+    end, max_len of them) are refused with a clear error, and so is a negative length."""
+    from elasticrec.config import ConfigError
+
+    d = cyclic_data
+    _, sasrec = _tiny("sasrec", max_len=12)
+    users = d.eval_users("test")[:20]
+    ev = Evaluator(d, EvalConfig(ks=[10], history_len=5), max_len=12)
+    np.testing.assert_array_equal(ev.ranks(sasrec, "test", users), _direct_ranks(d, sasrec, users, 5))
+    with pytest.raises(ConfigError, match="reads at most 12 .*pos_encoding=learned"):
+        Evaluator(d, EvalConfig(history_len=0), max_len=12).ranks(sasrec, "test", users)
+    _, rope = _tiny("sasrec", max_len=6, pos_encoding="rotary")   # rotary: any length
+    ev0 = Evaluator(d, EvalConfig(ks=[10], history_len=0), max_len=6)
+    np.testing.assert_array_equal(ev0.ranks(rope, "test", users), _direct_ranks(d, rope, users, None))
+    _, hstu = _tiny("hstu", max_len=12)
+    with pytest.raises(ConfigError, match="hstu reads at most 12"):
+        ev0.ranks(hstu, "test", users)
+    with pytest.raises(ConfigError, match="history_len must be"):
+        Evaluator(d, EvalConfig(history_len=-1), max_len=12)

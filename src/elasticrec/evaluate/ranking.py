@@ -1,7 +1,8 @@
 """Full-ranking leave-one-out evaluator.
 
 For each user with a target in the stage (valid: second-last item, test: last item), the model
-reads the last ``max_len`` items of the visible history and scores **every** item; items of the
+reads the last ``max_len`` items of the visible history (``eval.history_len``: another number, or
+the whole history) and scores **every** item; items of the
 history are excluded by default (never the target itself); the rank of the target among all
 remaining items gives HR/NDCG/MRR. ``protocol="sampled"`` ranks the target against
 ``n_negatives`` sampled items instead — an easier protocol, labelled as such in every output.
@@ -12,20 +13,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from elasticrec.config import EvalConfig
+from elasticrec.config import ConfigError, EvalConfig
 from elasticrec.data.sequences import SequenceData
 from elasticrec.evaluate.metrics import metrics_from_ranks
 
 
-def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int):
-    """Left-padded inputs [B, max_len], targets [B], and (row, item) pairs of full histories."""
+def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int | None):
+    """Left-padded inputs [B, W], targets [B], and (row, item) pairs of full histories. Each row
+    holds the last ``max_len`` history items, W = max_len; ``None``: the whole history, W = the
+    batch's longest."""
     B = len(users)
+    ends = [data.split_end(int(u), stage) for u in users]
+    if max_len is None:
+        max_len = max([e - int(data.offsets[u]) for u, e in zip(users, ends)] + [1])
     inputs = np.zeros((B, max_len), dtype=np.int64)
     targets = np.zeros(B, dtype=np.int64)
     hist_rows, hist_items = [], []
-    for i, u in enumerate(users):
-        start, end = int(data.offsets[u]), data.split_end(int(u), stage)
-        hist = data.items[start:end]
+    for i, (u, end) in enumerate(zip(users, ends)):
+        hist = data.items[int(data.offsets[u]):end]
         targets[i] = data.items[end]
         w = hist[-max_len:]
         inputs[i, max_len - len(w):] = w
@@ -48,6 +53,11 @@ class Evaluator:
     def __init__(self, data: SequenceData, cfg: EvalConfig, max_len: int, device=None):
         self.data, self.cfg, self.max_len = data, cfg, max_len
         self.device = device or torch.device("cpu")
+        h = cfg.history_len
+        if h is not None and h < 0:
+            raise ConfigError(f"eval.history_len must be null (model.max_len), 0 (the whole history) or a "
+                             f"positive number of items, got {h}")
+        self.window = max_len if h is None else (h or None)   # history items read; None: all
         if cfg.protocol == "sampled":
             counts = data.item_counts("train").astype(np.float64)
             counts[0] = 0
@@ -59,29 +69,58 @@ class Evaluator:
     def label(self) -> str:
         return "full" if self.cfg.protocol == "full" else f"SAMPLED-{self.cfg.n_negatives}-{self.cfg.negative_sampling}"
 
+    @property
+    def history(self) -> str:
+        """What the model reads of each history, for labels: "last 200 items", "whole history"."""
+        return "whole history" if self.window is None else f"last {self.window} items"
+
+    def check_model(self, model, stage: str, users: np.ndarray) -> None:
+        """Refuse a history window longer than the model can read (e.g. learned positions)."""
+        cap = getattr(model, "max_input_len", None)
+        if cap is None or (self.window is not None and self.window <= self.max_len):
+            return
+        hist = self.data.history_lengths(stage)[users]
+        longest = int(hist.max()) if len(hist) else 0
+        need = longest if self.window is None else min(self.window, longest)
+        if need > cap:
+            raise ConfigError(
+                f"eval.history_len={self.cfg.history_len} feeds up to {need} items, but this {model.model_name} "
+                f"reads at most {cap} (pos_encoding={model.cfg.pos_encoding}); longer histories need "
+                f"positions that do not stop at max_len (ELASTIC: chunk, learned-start or none; "
+                f"SASRec: none or rotary), set before training")
+
     @torch.no_grad()
     def ranks(self, model, stage: str, users: np.ndarray | None = None) -> np.ndarray:
         """0-based rank of each user's target (users default: all with a target for ``stage``)."""
         if users is None:
             users = self.data.eval_users(stage)
+        users = np.asarray(users)
+        self.check_model(model, stage, users)
+        order = np.arange(len(users))
+        if self.window is None:   # whole histories: batch users of similar length (less padding)
+            order = np.argsort(self.data.history_lengths(stage)[users], kind="stable")
         was_training = model.training
         model.eval()
         out = []
         rng = np.random.default_rng(self.cfg.seed)
         try:
             for s in range(0, len(users), self.cfg.batch_size):
-                batch = users[s: s + self.cfg.batch_size]
+                batch = users[order[s: s + self.cfg.batch_size]]
                 out.append(self._rank_batch(model, batch, stage, rng))
         finally:
             model.train(was_training)
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        if not out:
+            return np.zeros(0, dtype=np.int64)
+        ranks = np.empty(len(users), dtype=np.int64)
+        ranks[order] = np.concatenate(out)
+        return ranks
 
     def _rank_batch(self, model, users, stage, rng) -> np.ndarray:
-        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.max_len)
+        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.window)
         dev = self.device
         x = torch.from_numpy(inputs).to(dev)
         if getattr(model, "uses_timestamps", False) and self.data.timestamps is not None:
-            ts = build_eval_timestamps(self.data, users, stage, self.max_len)
+            ts = build_eval_timestamps(self.data, users, stage, inputs.shape[1])
             h = model.last_hidden(x, torch.from_numpy(ts).to(dev))
         else:
             h = model.last_hidden(x)

@@ -54,7 +54,15 @@ def ranks_meta(cfg, data, stage: str, protocol: str, epoch: int | None = None) -
     """What a ranks file records about its run: enough to refuse meaningless pairings."""
     return {"dataset": cfg.data.name, "data_key": data.meta.get("cache_key"), "n_items": int(data.n_items),
             "model": cfg.model.name, "stage": stage, "protocol": protocol, "max_len": cfg.model.max_len,
-            "exclude_history": cfg.eval.exclude_history, "epoch": epoch, "fit": cfg.train.fit}
+            "exclude_history": cfg.eval.exclude_history, "epoch": epoch, "fit": cfg.train.fit,
+            "history_len": eval_history_len(cfg)}
+
+
+def eval_history_len(cfg) -> int:
+    """History items the evaluation fed each user: ``eval.history_len``, its default (None) being
+    ``model.max_len``; 0 = the whole history."""
+    h = cfg.eval.history_len
+    return cfg.model.max_len if h is None else h
 
 
 def load_ranks(source: str | Path, stage: str = "test") -> tuple[np.ndarray, np.ndarray, dict]:

@@ -80,6 +80,12 @@ class SequentialRecommender(nn.Module):
         """Scores of every item (column 0 = padding) for hidden states h [..., D]."""
         return self.output_queries(h) @ self.output_embeddings().t()
 
+    @property
+    def max_input_len(self) -> int | None:
+        """Longest input this model reads correctly: ``max_len`` with learned positions counted
+        from the end (there are max_len of them), None (any length) otherwise."""
+        return self.max_len if isinstance(getattr(self, "pos", None), LearnedPositions) else None
+
     def last_hidden(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state of the last position (the next-item query) for left-padded input."""
         return self.encode(items, timestamps)[:, -1]

@@ -49,6 +49,11 @@ class HSTU(SequentialRecommender):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.init_weights()
 
+    @property
+    def max_input_len(self) -> int:
+        """max_len: the relative-position buckets and the attention's 1/max_len scale are sized for it."""
+        return self.max_len
+
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         if timestamps is not None and timestamps.shape != items.shape:
             raise ValueError(f"timestamps shape {tuple(timestamps.shape)} != items shape {tuple(items.shape)}")

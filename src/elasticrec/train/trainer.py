@@ -123,6 +123,7 @@ class Trainer:
             warnings.warn(f"dataset {cfg.data.name!r} has no timestamps: model {cfg.model.name!r} "
                           "runs without its time features", stacklevel=2)
         self.evaluator = Evaluator(self.data, cfg.eval, cfg.model.max_len, self.device)
+        self.evaluator.check_model(self.model, "test", self.data.eval_users("test"))   # fail now, not after an epoch
         self.steps_per_epoch = math.ceil(len(self.seqs) / t.batch_size)
         self.opt = build_optimizer(self.model, cfg)
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch * t.epochs)
