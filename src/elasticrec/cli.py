@@ -219,7 +219,8 @@ def cmd_evaluate(args) -> int:
     res = ev.summarize(ranks)
     if args.save_ranks is not None:
         # a checkpoint or history window the run did not test never writes over the run's own ranks
-        tags = ([f"epoch-{info['epoch']:04d}"] if last else []) + _history_tag(cfg)
+        tags = ([f"epoch-{info['epoch']:04d}"] if last else []) + (
+            [f"history-{ev.window or 'all'}"] if ev.window != cfg.model.max_len else [])
         out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if not tags
                else run / f"{args.stage}_ranks_{'_'.join(tags)}.npz")
         meta = ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch"))
@@ -232,14 +233,6 @@ def cmd_evaluate(args) -> int:
     res["history"] = ev.history
     print(json.dumps(res, indent=2))
     return 0
-
-
-def _history_tag(cfg) -> list[str]:
-    """["history-all"] / ["history-N"] when evaluation reads other than the training window."""
-    from elasticrec.evaluate.significance import eval_history_len
-
-    h = eval_history_len(cfg)
-    return [] if h == cfg.model.max_len else [f"history-{h or 'all'}"]
 
 
 def cmd_compare(args) -> int:
@@ -296,12 +289,14 @@ def _run_list(text: str) -> list[str]:
 
 
 def _ranks_label(runs: list[str], meta: dict) -> str:
+    from elasticrec.evaluate.ranking import history_label
+
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
     if meta.get("fit", "train") != "train":
         what += f", fit {meta['fit']}"
     h = meta.get("history_len", meta.get("max_len"))
     if h != meta.get("max_len"):
-        what += ", whole history" if h == 0 else f", last {h} items"
+        what += f", {history_label(h or None)}"
     if meta.get("checkpoint") == "last":
         which = "last checkpoint, epoch"
     else:  # a refit has no best epoch: it tests the weights of its final epoch

@@ -39,6 +39,20 @@ def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len:
     return inputs, targets, np.concatenate(hist_rows), np.concatenate(hist_items)
 
 
+def history_window(history_len: int | None, max_len: int) -> int | None:
+    """History items evaluation feeds each user (``eval.history_len``): ``max_len`` when unset,
+    None (the whole history) for 0, else that many."""
+    if history_len is not None and history_len < 0:
+        raise ConfigError(f"eval.history_len must be null (model.max_len), 0 (the whole history) or a "
+                          f"positive number of items, got {history_len}")
+    return max_len if history_len is None else (history_len or None)
+
+
+def history_label(window: int | None) -> str:
+    """What a model read of each history, for labels: "last 200 items", "whole history"."""
+    return "whole history" if window is None else f"last {window} items"
+
+
 def build_eval_timestamps(data: SequenceData, users: np.ndarray, stage: str, max_len: int) -> np.ndarray:
     """Timestamps [B, max_len] aligned with :func:`build_eval_batch`'s inputs (0 at padding)."""
     out = np.zeros((len(users), max_len), dtype=np.int64)
@@ -53,11 +67,7 @@ class Evaluator:
     def __init__(self, data: SequenceData, cfg: EvalConfig, max_len: int, device=None):
         self.data, self.cfg, self.max_len = data, cfg, max_len
         self.device = device or torch.device("cpu")
-        h = cfg.history_len
-        if h is not None and h < 0:
-            raise ConfigError(f"eval.history_len must be null (model.max_len), 0 (the whole history) or a "
-                             f"positive number of items, got {h}")
-        self.window = max_len if h is None else (h or None)   # history items read; None: all
+        self.window = history_window(cfg.history_len, max_len)   # history items read; None: all
         if cfg.protocol == "sampled":
             counts = data.item_counts("train").astype(np.float64)
             counts[0] = 0
@@ -71,8 +81,7 @@ class Evaluator:
 
     @property
     def history(self) -> str:
-        """What the model reads of each history, for labels: "last 200 items", "whole history"."""
-        return "whole history" if self.window is None else f"last {self.window} items"
+        return history_label(self.window)
 
     def check_model(self, model, stage: str, users: np.ndarray) -> None:
         """Refuse a history window longer than the model can read (e.g. learned positions)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from elasticrec.evaluate.metrics import per_user  # noqa: F401  (re-exported: the per-user values compared here)
+from elasticrec.evaluate.ranking import history_window
 from elasticrec.utils import atomic_save
 
 DEFAULT_METRICS = ("HR@10", "NDCG@10", "MRR")
@@ -55,14 +56,7 @@ def ranks_meta(cfg, data, stage: str, protocol: str, epoch: int | None = None) -
     return {"dataset": cfg.data.name, "data_key": data.meta.get("cache_key"), "n_items": int(data.n_items),
             "model": cfg.model.name, "stage": stage, "protocol": protocol, "max_len": cfg.model.max_len,
             "exclude_history": cfg.eval.exclude_history, "epoch": epoch, "fit": cfg.train.fit,
-            "history_len": eval_history_len(cfg)}
-
-
-def eval_history_len(cfg) -> int:
-    """History items the evaluation fed each user: ``eval.history_len``, its default (None) being
-    ``model.max_len``; 0 = the whole history."""
-    h = cfg.eval.history_len
-    return cfg.model.max_len if h is None else h
+            "history_len": history_window(cfg.eval.history_len, cfg.model.max_len) or 0}  # 0: whole history
 
 
 def load_ranks(source: str | Path, stage: str = "test") -> tuple[np.ndarray, np.ndarray, dict]:
