@@ -73,6 +73,9 @@ class ElasticConfig:
     # (zero at init; needs use_local), and SiLU(x W_u) gating of the attention output before Wo
     local_position_bias: bool = False
     output_gate: bool = False
+    # [ours]: each position also attends exactly to every item of the chunk before its own, so it
+    # sees at least its C most recent items exactly (not 1 to C); needs use_local
+    local_lookback: bool = False
     output_norm: bool = False  # [ours], after HSTU: layer-norm the attention output before gate / Wo
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR

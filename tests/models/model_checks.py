@@ -7,6 +7,8 @@ import torch
 # ELASTIC options taken from HSTU (each needs no more than the local chunk)
 HSTU_LIKE = {"local_position_bias": True, "output_gate": True}
 HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
+# every position also reads the previous chunk exactly (with the distance bias over 2C)
+LOOKBACK = {"local_lookback": True, "local_position_bias": True}
 
 
 def assert_no_gradient_from_future(model, items: torch.Tensor, t: int, encode=None) -> None:

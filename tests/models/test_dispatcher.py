@@ -105,6 +105,43 @@ def test_output_norm_matches_reference(L, C, k, H, memory, bias, gate):
                                    output_gate=gate, local_position_bias=gate), L)
 
 
+LOOKBACK_CASES = [  # local_lookback: the previous chunk's positions join the local keys
+    # L, C, k, H, memory, bias, qmem, local_position_bias
+    (10, 4, 3, 2, None, "none", None, False),
+    (11, 3, 2, 1, "pkm", "items", None, True),     # distance bias over 2C
+    (9, 1, 3, 2, None, "count", None, True),       # C = 1: the previous position only
+    (7, 16, 3, 2, None, "items", None, True),      # one chunk: nothing to look back at
+    (13, 4, 3, 2, "linear", "none", "pkm", True),
+]
+
+
+@pytest.mark.parametrize("L,C,k,H,memory,bias,qmem,lpb", LOOKBACK_CASES)
+def test_local_lookback_matches_reference(L, C, k, H, memory, bias, qmem, lpb):
+    _check_against_reference(_make(L, C, k, H, True, memory, bias=bias, query_memory=qmem,
+                                   local_position_bias=lpb, local_lookback=True,
+                                   output_gate=lpb), L)
+
+
+def test_local_lookback_reads_the_previous_chunk_exactly():
+    """A position at the start of a chunk sees the whole previous chunk with the lookback: with
+    dispatchers blind to item content (aggregation keys/values constant), its output moves when
+    an item of the previous chunk does only with the lookback. It needs the local chunk."""
+    L, C = 8, 4
+    m = _make(L, C, 2, 1, local_lookback=True)
+    with torch.no_grad():
+        m.agg_kv.weight.zero_()
+    plain = copy.deepcopy(m)
+    plain.lookback = False
+    x = torch.randn(1, L, D, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    x2 = x.clone()
+    x2[0, 1] += 1.0                       # an item of chunk 0; position 4 opens chunk 1
+    assert not torch.allclose(m(x)[0, 4], m(x2)[0, 4])
+    torch.testing.assert_close(plain(x)[0, 4], plain(x2)[0, 4], rtol=0, atol=1e-12)
+    torch.testing.assert_close(m(x)[0, :C], plain(x)[0, :C])   # chunk 0 has nothing before it
+    with pytest.raises(ValueError, match="local_lookback needs use_local"):
+        DispatcherAttention(D, use_local=False, local_lookback=True)
+
+
 def test_output_norm_normalises_the_merged_heads():
     """With output_norm and Wo = identity (zero bias), each valid position's layer output has
     mean 0 and variance 1 over the model dimension; padding stays exactly zero."""
@@ -252,9 +289,10 @@ def test_count_bias_weighs_the_dispatchers_as_the_history_they_summarise(bias, e
 
 
 @pytest.mark.parametrize("C", [1, 3, 4])
-def test_no_future_leakage(C):
+@pytest.mark.parametrize("lookback", [False, True])
+def test_no_future_leakage(C, lookback):
     L = 11
-    m = _make(L, C, 3, 2, memory="pkm")
+    m = _make(L, C, 3, 2, memory="pkm", local_lookback=lookback)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, L, D, generator=g, dtype=torch.float64)
     valid = left_valid(L, [L, 8])
@@ -270,10 +308,11 @@ def test_no_future_leakage(C):
         assert gx[:, : t + 1].abs().sum() > 0
 
 
-@pytest.mark.parametrize("use_local", [True, False])
-def test_left_padding_and_batch_invariance(use_local):
+@pytest.mark.parametrize("use_local,lookback", [(True, False), (False, False), (True, True)])
+def test_left_padding_and_batch_invariance(use_local, lookback):
     C, n = 8, 13
-    m = _make(64, C, 4, 2, use_local=use_local, memory="pkm", dtype=torch.float32)
+    m = _make(64, C, 4, 2, use_local=use_local, memory="pkm", dtype=torch.float32,
+              local_lookback=lookback)
     g = torch.Generator().manual_seed(4)
     assert_layer_padding_and_batch_invariant(m, D, g, extras=(0, 5, 37), n=n)
 

@@ -5,7 +5,7 @@ import torch
 
 from elasticrec.config import ElasticConfig, ModelConfig
 from elasticrec.models import build_model
-from model_checks import HSTU_FULL, HSTU_LIKE, assert_no_gradient_from_future
+from model_checks import HSTU_FULL, HSTU_LIKE, LOOKBACK, assert_no_gradient_from_future
 
 
 def _model(memory=True, **ekw):
@@ -24,7 +24,8 @@ LEAK_CASES = [(memory, site, bias, local)
               for local in (False, True)] + [(True, "dispatchers", "items", True)]  # needs local
 LEAK_CASES = [c + ({},) for c in LEAK_CASES] + [(True, "dispatchers", "items", True, HSTU_LIKE),
                                                 (False, "dispatchers", "none", True, HSTU_LIKE),
-                                                (True, "dispatchers", "items", True, HSTU_FULL)]
+                                                (True, "dispatchers", "items", True, HSTU_FULL),
+                                                (True, "dispatchers", "items", True, LOOKBACK)]
 
 
 @pytest.mark.parametrize("memory,site,bias,use_local,extra", LEAK_CASES)
@@ -44,7 +45,8 @@ def test_no_future_leakage_forward_and_grad(memory, site, bias, use_local, extra
                                              ("dispatchers", "count", {}),
                                              ("dispatchers", "items", {}), ("queries", "items", {}),
                                              ("dispatchers", "items", HSTU_LIKE),
-                                             ("dispatchers", "items", HSTU_FULL)])
+                                             ("dispatchers", "items", HSTU_FULL),
+                                             ("dispatchers", "items", LOOKBACK)])
 def test_left_padding_and_batch_composition_invariance(site, bias, extra):
     m = _model(True, memory_site=site, dispatcher_bias=bias, **extra)
     seq = torch.randint(1, 61, (1, 13))

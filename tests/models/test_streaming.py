@@ -14,7 +14,8 @@ from elasticrec.models.elastic import ElasticState
 from elasticrec.models.layers.common import ChunkPositions, StartPositions, first_valid_index
 from elasticrec.models.layers.dispatcher import DispatcherAttention, dispatcher_attention_reference
 from elasticrec.models.layers.pkm import ProductKeyMemory
-from model_checks import HSTU_FULL, HSTU_LIKE, assert_layer_padding_and_batch_invariant, left_valid
+from model_checks import (HSTU_FULL, HSTU_LIKE, LOOKBACK, assert_layer_padding_and_batch_invariant,
+                          left_valid)
 
 D = 8
 
@@ -72,7 +73,10 @@ CASES = [
                             (11, 3, 3, 2, True, None, False, "none", "pkm", {}),
                             (10, 4, 3, 2, True, "pkm", False, "items", None, HSTU_LIKE),
                             (9, 1, 2, 1, True, None, True, "none", None, HSTU_LIKE),
-                            (10, 4, 3, 2, True, None, False, "items", None, HSTU_FULL)])
+                            (10, 4, 3, 2, True, None, False, "items", None, HSTU_FULL),
+                            (11, 3, 3, 2, True, "pkm", False, "items", None, LOOKBACK),
+                            (9, 4, 2, 1, True, None, False, "none", "pkm",
+                             {"local_lookback": True})])
 def test_start_aligned_matches_reference_forward_and_grads(L, C, k, H, use_local, memory, shared,
                                                            bias, qmem, kw):
     m = _layer(C, k, H, use_local, memory, shared, bias=bias, query_memory=qmem, **kw)
@@ -145,7 +149,10 @@ def test_bad_chunk_align_rejected():
                           (1, False, None, False, "none", "linear", {}),
                           (4, True, "pkm", False, "items", None, HSTU_LIKE),
                           (3, False, None, False, "none", None, {"output_gate": True}),
-                          (4, True, "pkm", False, "items", None, HSTU_FULL)])
+                          (4, True, "pkm", False, "items", None, HSTU_FULL),
+                          (4, True, "pkm", False, "items", None, {**LOOKBACK, "output_gate": True}),
+                          (1, True, None, True, "none", "linear", {"local_lookback": True}),
+                          (3, True, None, False, "count", None, {"local_lookback": True})])
 def test_layer_stream_step_and_prefill_equal_forward(C, use_local, memory, shared, bias, qmem, kw):
     """DispatcherAttention pieces: stream_step per event == forward on the whole history, at
     every position; stream_prefill's state == the streamed one; end alignment cannot stream."""
@@ -207,13 +214,13 @@ N_ITEMS = 50
 
 
 def _model(pos="learned-start", memory=True, use_local=True, C=4, k=3, max_len=16, align="start",
-           dtype=torch.float64, n_layers=2, seed=0):
+           dtype=torch.float64, n_layers=2, seed=0, **ekw):
     """``memory``: False, True (read by the dispatchers), "tokens" (read by every position) or
     "queries" (chooses the dispatcher queries)."""
     site = memory if memory in ("tokens", "queries") else "dispatchers"
     e = ElasticConfig(n_dispatchers=k, chunk_size=C, memory=bool(memory), memory_n_keys=8,
                       memory_heads=2, memory_topk=3, memory_key_dim=8, chunk_align=align,
-                      use_local=use_local, memory_site=site)
+                      use_local=use_local, memory_site=site, **ekw)
     cfg = ModelConfig(name="elastic", max_len=max_len, d_model=16, n_layers=n_layers, n_heads=2,
                       dropout=0.0, elastic=e, pos_encoding=pos)
     torch.manual_seed(seed)
@@ -267,6 +274,16 @@ def test_streamed_hidden_equals_full_forward_after_every_event(pos, memory, use_
     m = _model(pos, memory, use_local, C=C, max_len=64)  # positions clamp past 63: also covered
     items = _histories([150, 149, 61, 1])
     _stream_and_compare(m, items)
+
+
+def test_streaming_with_local_lookback():
+    """The lookback keeps the last closed chunk's local keys/values in the state: streaming and
+    prefill still equal the full forward."""
+    m = _model("chunk", True, True, C=4, max_len=64, local_lookback=True,
+               local_position_bias=True, dispatcher_bias="items")
+    items = _histories([37, 21, 4, 1], seed=3)
+    st = _stream_and_compare(m, items)
+    _assert_states_close(m.prefill(m.init_state(4), items), st)
 
 
 def test_float32_streaming_close_to_full_forward():

@@ -54,7 +54,8 @@ class ElasticBlock(nn.Module):
                                         dispatcher_bias=e.dispatcher_bias,
                                         query_memory=memory if site == "queries" else None,
                                         local_position_bias=e.local_position_bias,
-                                        output_gate=e.output_gate, output_norm=e.output_norm)
+                                        output_gate=e.output_gate, output_norm=e.output_norm,
+                                        local_lookback=e.local_lookback)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
         self.memory = memory if on_tokens else None

@@ -50,8 +50,17 @@ empty-history entry weighs nothing, so a position with no earlier chunk (``N = 0
 own chunk only, as exact causal attention would (needs ``use_local``; the bias is then ``-1e4``,
 which is an exact zero weight in fp32). Both are parameter-free and streaming-exact.
 
+*Local lookback* (``local_lookback``, [ours]): position ``t`` also attends, in the same joint
+softmax, to every valid position of the chunk before its own (exact keys/values, as its own
+chunk's). Without it a position at the start of a chunk sees a single item exactly and the rest of
+its history only through the dispatchers; with it every position sees at least its ``C`` most
+recent items exactly (``C`` to ``2C - 1``: a sliding window at chunk granularity). The previous
+chunk is then read twice, exactly and through the dispatchers (its items are still packed), which
+keeps the aggregation and its streaming state unchanged. Cost ``O(L 2C d)`` for the local part;
+streaming keeps the last closed chunk's local keys/values (``C`` more slots).
+
 *Local position bias* (``local_position_bias``, [ours], after HSTU's relative attention bias):
-a learned bias per head and distance ``t - s`` (0 .. C-1) added to the logit of local key ``s``
+a learned bias per head and distance ``t - s`` (0 .. C-1; 0 .. 2C-1 with the lookback) added to the logit of local key ``s``
 for query ``t``; zero-initialised, so training starts from the plain layer. It gives the open
 chunk a direct recency signal that does not go through the absolute position embeddings.
 
@@ -87,7 +96,8 @@ log-sum-exp state, one user's layer state is constant-size (:class:`StreamState`
 the completed chunks (``closed``, incl. the empty entry), the partial state of the open chunk's
 items (``open``), the keys/values of the open chunk's dispatchers (``disp_kv``: packed from
 ``closed`` incl. output projection, memory and ``Wk2, Wv2``, recomputed only when a chunk closes)
-and the local keys/values of the open chunk's positions (``local_kv``, ``C`` slots).
+and the local keys/values of the open chunk's positions (``local_kv``, ``C`` slots; with the
+lookback also those of the last closed chunk, ``prev_kv``).
 :meth:`DispatcherAttention.stream_step` consumes one event per row in ``O(k d + C d)``;
 :meth:`DispatcherAttention.stream_prefill` runs the chunked forward over a whole history once and
 keeps only that state. Both equal the full forward on the whole history.
@@ -225,6 +235,9 @@ class StreamState(NamedTuple):
     local_kv: torch.Tensor | None
     queries: torch.Tensor | None = None  # [B, H, k, d_h] (acc.): the open chunk's query_memory
     xsum: torch.Tensor | None = None     # [B, D] (acc.): sum of the open chunk's inputs (ditto)
+    # [B, C, 2D]: local keys | values of the last closed chunk (``local_lookback`` only; zero
+    # while no chunk has closed)
+    prev_kv: torch.Tensor | None = None
 
 
 def _shift_to_front(t: torch.Tensor, first: torch.Tensor, length: int, fill) -> torch.Tensor:
@@ -254,7 +267,8 @@ class DispatcherAttention(nn.Module):
                  memory: nn.Module | None = None, shared_local_kv: bool = False,
                  chunk_align: str = "end", dispatcher_bias: str = "none",
                  query_memory: nn.Module | None = None, local_position_bias: bool = False,
-                 output_gate: bool = False, output_norm: bool = False):
+                 output_gate: bool = False, output_norm: bool = False,
+                 local_lookback: bool = False):
         super().__init__()
         if chunk_align not in CHUNK_ALIGNS:
             raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
@@ -264,6 +278,8 @@ class DispatcherAttention(nn.Module):
         if dispatcher_bias == "items" and not use_local:
             raise ValueError("dispatcher_bias='items' needs use_local=True (with no earlier item, "
                              "a position attends to its own chunk only)")
+        if local_lookback and not use_local:
+            raise ValueError("local_lookback needs use_local=True (it extends the local chunk)")
         if local_position_bias and not use_local:
             raise ValueError("local_position_bias needs use_local=True (it biases the local keys)")
         if d_model % n_heads:
@@ -277,6 +293,7 @@ class DispatcherAttention(nn.Module):
         self.shared_local_kv = shared_local_kv
         self.chunk_align = chunk_align
         self.dispatcher_bias = dispatcher_bias
+        self.lookback = local_lookback
         # aggregate
         self.dispatchers = nn.Parameter(torch.empty(n_dispatchers, d_model))   # Q_P
         self.agg_kv = nn.Linear(d_model, 2 * d_model)                          # Wk1, Wv1
@@ -291,8 +308,9 @@ class DispatcherAttention(nn.Module):
         self.local_kv = (nn.Linear(d_model, 2 * d_model)                        # Wk2', Wv2'
                          if use_local and not shared_local_kv else None)
         self.out = nn.Linear(d_model, d_model)                                 # Wo
-        # [H, C]: bias of local key s for query t by distance t - s (None: no bias)
-        self.local_bias = (nn.Parameter(torch.zeros(n_heads, chunk_size))
+        # [H, C] ([H, 2C] with the lookback): bias of local key s for query t by distance t - s
+        span = 2 * chunk_size if local_lookback else chunk_size
+        self.local_bias = (nn.Parameter(torch.zeros(n_heads, span))
                            if local_position_bias else None)
         self.gate = nn.Linear(d_model, d_model) if output_gate else None       # W_u
         self.output_norm = output_norm
@@ -313,6 +331,7 @@ class DispatcherAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.h}, n_dispatchers={self.k}, "
                 f"chunk_size={self.C}, chunk_align={self.chunk_align}, use_local={self.use_local}, "
+                f"local_lookback={self.lookback}, "
                 f"dispatcher_bias={self.dispatcher_bias}, "
                 f"local_position_bias={self.local_bias is not None}, "
                 f"output_gate={self.gate is not None}, output_norm={self.output_norm}, "
@@ -442,18 +461,29 @@ class DispatcherAttention(nn.Module):
             kl = self._heads(kvl[..., :D]).transpose(1, 2)                    # [B, H, n, C, dh]
             vl = self._heads(kvl[..., D:]).transpose(1, 2)
             sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                 # [B, H, n, C, C]
-            if self.local_bias is not None:                                 # by distance t - s
-                sl = sl + toeplitz_lower(self.local_bias.to(acc))[:, None]
+            if self.local_bias is not None:     # by distance t - s; [H, C, 2C] with the lookback
+                lb = toeplitz_lower(self.local_bias.to(acc))[:, -C:]
+                sl = sl + lb[..., -C:][:, None]
             causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
             sl = sl.masked_fill(~(causal & vmask), float("-inf"))
             s = torch.cat((s, sl), dim=-1)
+            if self.lookback:   # every valid position of the previous chunk
+                kb, vb = (torch.cat((t.new_zeros(t[:, :, :1].shape), t[:, :, :-1]), dim=2)
+                          for t in (kl, vl))
+                sb = (q2 @ kb.transpose(-1, -2)).to(acc) * scale             # [B, H, n, C, C]
+                if self.local_bias is not None:
+                    sb = sb + lb[..., :C][:, None]
+                pmask = torch.cat((torch.zeros_like(vmask[:, :, :1]), vmask[:, :, :-1]), dim=2)
+                s = torch.cat((s, sb.masked_fill(~pmask, float("-inf"))), dim=-1)
         a = torch.softmax(s, dim=-1)
         if p_drop > 0.0:
             a = F.dropout(a, p_drop, training=True)
         a = a.to(vp.dtype)
         y = a[..., :k] @ vp
         if self.use_local:
-            y = y + a[..., k:].to(vl.dtype) @ vl
+            y = y + a[..., k:k + C].to(vl.dtype) @ vl
+        if self.lookback:
+            y = y + a[..., k + C:].to(vb.dtype) @ vb
         y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
         y = self.output(y, x)
         if not keep:
@@ -499,8 +529,10 @@ class DispatcherAttention(nn.Module):
             q0 = self._heads(self.chunk_queries(torch.zeros(D, dtype=dtype, device=device)))
             queries = q0.to(acc)[None].expand(B, H, k, dh).clone()
             xsum = torch.zeros(B, D, dtype=acc, device=device)
+        prev = (torch.zeros(B, self.C, 2 * D, dtype=dtype, device=device)
+                if self.lookback else None)
         return StreamState(closed, empty, kv[None].expand(B, k, 2 * D).clone(), local,
-                           queries, xsum)
+                           queries, xsum, prev)
 
     def stream_step(self, state: StreamState, x: torch.Tensor, count: torch.Tensor
                     ) -> tuple[torch.Tensor, StreamState]:
@@ -538,18 +570,30 @@ class DispatcherAttention(nn.Module):
             kl = local[..., :D].view(B, C, H, dh).transpose(1, 2)           # [B, H, C, dh]
             vl = local[..., D:].view(B, C, H, dh).transpose(1, 2)
             sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                # [B, H, 1, C]
+            slots = torch.arange(C, device=x.device)
             if self.local_bias is not None:                 # slot j is at distance slot - j
-                dist = (slot[:, None] - torch.arange(C, device=x.device)[None, :]).clamp(min=0)
+                dist = (slot[:, None] - slots[None, :]).clamp(min=0)
                 sl = sl + self.local_bias.to(acc)[:, dist].transpose(0, 1)[:, :, None]
-            unseen = torch.arange(C, device=x.device)[None, :] > slot[:, None]
+            unseen = slots[None, :] > slot[:, None]
             s = torch.cat((s, sl.masked_fill(unseen[:, None, None, :], float("-inf"))), dim=-1)
+            if self.lookback:   # the last closed chunk, whole (none before the first closes)
+                kb = state.prev_kv[..., :D].view(B, C, H, dh).transpose(1, 2)
+                vb = state.prev_kv[..., D:].view(B, C, H, dh).transpose(1, 2)
+                sb = (q2 @ kb.transpose(-1, -2)).to(acc) * scale            # [B, H, 1, C]
+                if self.local_bias is not None:         # prev slot j is at distance slot + C - j
+                    dist = slot[:, None] + C - slots[None, :]
+                    sb = sb + self.local_bias.to(acc)[:, dist].transpose(0, 1)[:, :, None]
+                none = (count - slot < C)[:, None, None, None]
+                s = torch.cat((s, sb.masked_fill(none, float("-inf"))), dim=-1)
         a = torch.softmax(s, dim=-1).to(vp.dtype)
         y = a[..., :k] @ vp
         if self.use_local:
-            y = y + a[..., k:].to(vl.dtype) @ vl
+            y = y + a[..., k:k + C].to(vl.dtype) @ vl
+        if self.lookback:
+            y = y + a[..., k + C:].to(vb.dtype) @ vb
         y = self.output(y.reshape(B, D), x)
         # close the chunk of rows whose event filled it: fold, repack (memory lookup) only those
-        closed, disp_kv = state.closed, kvp
+        closed, disp_kv, prev = state.closed, kvp, state.prev_kv
         queries, xsum = state.queries, None if state.xsum is None else state.xsum + x.to(acc)
         close = slot == C - 1
         if bool(close.any()):
@@ -563,13 +607,15 @@ class DispatcherAttention(nn.Module):
             idx = close.nonzero().squeeze(1)
             disp_kv = kvp.clone()
             disp_kv[idx] = self._pack_kv(LSEState(*(t[idx] for t in closed)), kvp.dtype)
+            if prev is not None:
+                prev = torch.where(close[:, None, None], local, prev)
             if local is not None:
                 local = local.masked_fill(close[:, None, None], 0.0)
             if queries is not None:   # the next chunk's queries, from this chunk's mean input
                 queries = queries.clone()
                 queries[idx] = self._heads(self.chunk_queries((xsum[idx] / C).to(x.dtype))).to(acc)
                 xsum = xsum.masked_fill(close[:, None], 0.0)
-        return y, StreamState(closed, opened, disp_kv, local, queries, xsum)
+        return y, StreamState(closed, opened, disp_kv, local, queries, xsum, prev)
 
     def stream_prefill(self, x: torch.Tensor, valid: torch.Tensor
                        ) -> tuple[torch.Tensor, StreamState]:
@@ -594,10 +640,13 @@ class DispatcherAttention(nn.Module):
         if self.use_local:   # slots of the open chunk not yet written are zero, as in streaming
             unused = torch.arange(C, device=x.device)[None, :] >= (count % C)[:, None]
             local = ex["kvl"][rows, c].masked_fill(unused[..., None], 0.0)
-        queries = xsum = None
+        queries = xsum = prev = None
         if self.query_memory is not None:
             queries, xsum = ex["queries"][rows, :, c], ex["sums"][rows, c]
-        return y, StreamState(closed, opened, ex["kvp"][rows, c].clone(), local, queries, xsum)
+        if self.lookback:    # the last closed chunk's local keys/values (zero before the first)
+            prev = ex["kvl"][rows, (c - 1).clamp(min=0)].masked_fill((c == 0)[:, None, None], 0.0)
+        return y, StreamState(closed, opened, ex["kvp"][rows, c].clone(), local, queries, xsum,
+                              prev)
 
 
 def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
@@ -609,7 +658,8 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
     aligned to the end of the window, or with ``chunk_align="start"`` to the row's first valid
     item; with a ``query_memory``, each position scored with the queries its chunk gets from the
     previous chunk's mean input), apply the output projection and memory, then attend in one
-    softmax to those k dispatchers plus the valid positions of t's own chunk up to t (with
+    softmax to those k dispatchers plus the valid positions of t's own chunk up to t (and, with
+    ``local_lookback``, every valid position of the chunk before it) (with
     ``dispatcher_bias="count"``, ``log((|S| + 1) / k)`` is added to the k dispatcher logits, ``|S|``
     the number of aggregated positions; with ``"items"``, ``log(|S| / k)``, i.e. no dispatchers
     while ``S`` is empty; with ``local_position_bias``, ``local_bias[h, t - s]`` is added to the
@@ -664,7 +714,9 @@ def dispatcher_attention_reference(module: DispatcherAttention, x: torch.Tensor,
             P = m.finish_pack(torch.stack(heads, dim=1).reshape(k, D))             # [k, D]
             kvp = m.disp_kv(P)
             kp, vp = kvp[:, :D].view(k, H, dh), kvp[:, D:].view(k, H, dh)
-            loc = [s for s in range(t + 1) if m.use_local and bool(valid[b, s]) and chunk[s] == chunk[t]]
+            first_local = chunk[t] - 1 if m.lookback else chunk[t]
+            loc = [s for s in range(t + 1)
+                   if m.use_local and bool(valid[b, s]) and first_local <= chunk[s] <= chunk[t]]
             bias = torch.zeros(k + len(loc), dtype=x.dtype, device=x.device)
             if m.dispatcher_bias == "count":
                 bias[:k] = math.log((len(S) + 1) / k)
