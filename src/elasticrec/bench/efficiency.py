@@ -505,7 +505,7 @@ def to_markdown(rows, meta, rat, cross, notes=(), plots=()) -> str:
               "```bash",
               "elasticrec bench efficiency --device cuda --amp bf16 --lengths 256,512,1024,2048,4096,8192,16384,32768 \\",
               "    --models sasrec,sasrec-explicit,hstu,elastic --d-model 64 --layers 2 --heads 2 --batch-tokens 32768 \\",
-              "    --time-limit-s 120 --out docs/efficiency",
+              "    --time-limit-s 120 --out docs/efficiency-cuda    # writes docs/efficiency-cuda.md",
               "# the same through the script: python benchmarks/efficiency.py --device cuda --amp bf16 ...",
               "```", "",
               "On CUDA every point runs in the benchmark process (peak memory from the CUDA allocator); pass "
