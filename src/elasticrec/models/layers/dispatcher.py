@@ -240,6 +240,12 @@ class StreamState(NamedTuple):
     prev_kv: torch.Tensor | None = None
 
 
+def _previous_chunk(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Shift t by one along its chunk axis ``dim``: out[c] = t[c - 1], zeros (False) at c = 0."""
+    first = torch.zeros_like(t.narrow(dim, 0, 1))
+    return torch.cat((first, t.narrow(dim, 0, t.shape[dim] - 1)), dim=dim)
+
+
 def _shift_to_front(t: torch.Tensor, first: torch.Tensor, length: int, fill) -> torch.Tensor:
     """Row b of t [B, L, ...] moved left by first[b]: out[b, i] = t[b, i + first[b]] (``fill``
     past the end), output length ``length`` (>= L)."""
@@ -427,7 +433,7 @@ class DispatcherAttention(nn.Module):
         if self.query_memory is not None:   # chunk c's queries from chunk c-1's mean input
             sums = (x.to(acc) * valid[..., None]).view(B, n, C, D).sum(dim=2)    # [B, n, D]
             mean = (sums / counts.clamp(min=1)[..., None]).to(x.dtype)
-            prev = torch.cat((torch.zeros_like(mean[:, :1]), mean[:, :-1]), dim=1)
+            prev = _previous_chunk(mean, dim=1)
             qc = self._heads(self.chunk_queries(prev, None if keep else counts > 0))
             qc = qc.transpose(1, 2)                                           # [B, H, n, k, dh]
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -468,12 +474,11 @@ class DispatcherAttention(nn.Module):
             sl = sl.masked_fill(~(causal & vmask), float("-inf"))
             s = torch.cat((s, sl), dim=-1)
             if self.lookback:   # every valid position of the previous chunk
-                kb, vb = (torch.cat((t.new_zeros(t[:, :, :1].shape), t[:, :, :-1]), dim=2)
-                          for t in (kl, vl))
+                kb, vb = _previous_chunk(kl, dim=2), _previous_chunk(vl, dim=2)
                 sb = (q2 @ kb.transpose(-1, -2)).to(acc) * scale             # [B, H, n, C, C]
                 if self.local_bias is not None:
                     sb = sb + lb[..., :C][:, None]
-                pmask = torch.cat((torch.zeros_like(vmask[:, :, :1]), vmask[:, :, :-1]), dim=2)
+                pmask = _previous_chunk(vmask, dim=2)
                 s = torch.cat((s, sb.masked_fill(~pmask, float("-inf"))), dim=-1)
         a = torch.softmax(s, dim=-1)
         if p_drop > 0.0:
