@@ -24,6 +24,15 @@ def test_help(argv, capsys):
     assert "usage" in capsys.readouterr().out
 
 
+def test_top_level_help_lists_every_command_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("train", "refit", "evaluate", "compare", "data", "models", "recommend", "serve", "bench"):
+        assert cmd in out
+    assert "examples:" in out and "``" not in out
+
+
 def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     rc = main(["train", "--dataset", "synthetic", "--model", "sasrec", "--epochs", "2",

@@ -329,7 +329,15 @@ def cmd_models(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from elasticrec import __version__
 
-    p = argparse.ArgumentParser(prog="elasticrec", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="elasticrec", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Long-sequence sequential recommendation: ELASTIC and its baselines (SASRec, HSTU, "
+                    "LinRec) trained and evaluated with full ranking in one harness.",
+        epilog="examples:\n"
+               "  elasticrec train --dataset ml-1m --model elastic      # preset configs/ml-1m/elastic.yaml\n"
+               "  elasticrec train --dataset lastfm --model sasrec --set train.seed=43\n"
+               "  elasticrec compare runs/A runs/B                      # paired test of two runs\n"
+               "  elasticrec <command> --help                           # the options of one command")
     p.add_argument("--version", action="version", version=f"elasticrec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
