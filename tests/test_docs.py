@@ -1,0 +1,45 @@
+"""The documentation's links resolve: every relative link in README.md and docs/**/*.md names a file
+or folder of the repository, and every in-page anchor names a heading of its page."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _prose(text: str) -> str:
+    """The page without fenced code blocks (links inside them are not links)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2 ... on repeats."""
+    seen: dict[str, int] = {}
+    out = set()
+    for m in re.finditer(r"^#{1,6} (.+?)\s*$", _prose(text), flags=re.M):
+        a = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(a)
+        seen[a] = 0 if n is None else n + 1
+        out.add(a if n is None else f"{a}-{n + 1}")
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_and_anchors_resolve(page):
+    text = page.read_text(encoding="utf-8")
+    anchors = _anchors(text)
+    bad = []
+    for target in LINK.findall(_prose(text)):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):   # http:, https:, mailto: ...
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            if not (page.parent / path).exists():
+                bad.append(f"{target}: no such file")
+        elif anchor not in anchors:
+            bad.append(f"#{anchor}: no such heading")
+    assert not bad, f"{page.relative_to(ROOT)}: broken links: {bad}"
