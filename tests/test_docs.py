@@ -16,11 +16,12 @@ def _prose(text: str) -> str:
     return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
 
 
-def _anchors(text: str) -> set[str]:
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, -1, -2 ... on repeats."""
+def _anchors(prose: str) -> set[str]:
+    """GitHub's heading anchors of a page (already without code blocks): lower case, punctuation
+    dropped, spaces to hyphens, -1, -2 ... on repeats."""
     seen: dict[str, int] = {}
     out = set()
-    for m in re.finditer(r"^#{1,6} (.+?)\s*$", _prose(text), flags=re.M):
+    for m in re.finditer(r"^#{1,6} (.+?)\s*$", prose, flags=re.M):
         a = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
         n = seen.get(a)
         seen[a] = 0 if n is None else n + 1
@@ -30,10 +31,10 @@ def _anchors(text: str) -> set[str]:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_and_anchors_resolve(page):
-    text = page.read_text(encoding="utf-8")
-    anchors = _anchors(text)
+    prose = _prose(page.read_text(encoding="utf-8"))
+    anchors = _anchors(prose)
     bad = []
-    for target in LINK.findall(_prose(text)):
+    for target in LINK.findall(prose):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):   # http:, https:, mailto: ...
             continue
         path, _, anchor = target.partition("#")
