@@ -1,5 +1,6 @@
 """The documentation's links resolve: every relative link in README.md and docs/**/*.md names a file
-or folder of the repository, and every in-page anchor names a heading of its page."""
+or folder of the repository, and every anchor (`#x` or `page.md#x`) names a heading of the page it
+points to."""
 
 import re
 from pathlib import Path
@@ -29,18 +30,21 @@ def _anchors(prose: str) -> set[str]:
     return out
 
 
+def _page_anchors(page: Path) -> set[str]:
+    return _anchors(_prose(page.read_text(encoding="utf-8")))
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_and_anchors_resolve(page):
     prose = _prose(page.read_text(encoding="utf-8"))
-    anchors = _anchors(prose)
     bad = []
     for target in LINK.findall(prose):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):   # http:, https:, mailto: ...
             continue
         path, _, anchor = target.partition("#")
-        if path:
-            if not (page.parent / path).exists():
-                bad.append(f"{target}: no such file")
-        elif anchor not in anchors:
-            bad.append(f"#{anchor}: no such heading")
+        dest = page.parent / path if path else page
+        if not dest.exists():
+            bad.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _page_anchors(dest):
+            bad.append(f"{target}: no such heading")
     assert not bad, f"{page.relative_to(ROOT)}: broken links: {bad}"
