@@ -97,9 +97,12 @@ def test_runs_save_ranks_and_compare_pairs_them(tmp_path, capsys):
     assert "comma-separated integers expected" in capsys.readouterr().err
 
     # --stage-gap: B - A on the validation item against B - A on the test item, per user
-    assert main(["compare", str(a), str(b), "--stage-gap"]) == 1   # b has no valid_ranks.npz yet
+    trained = load_ranks(b, "valid")[1].copy()  # training writes them with the tested weights
+    (b / "valid_ranks.npz").unlink()             # as in a run trained before it did
+    assert main(["compare", str(a), str(b), "--stage-gap"]) == 1
     assert "valid_ranks.npz" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(b), "--stage", "valid", "--save-ranks"]) == 0
+    assert load_ranks(b, "valid")[1].tolist() == trained.tolist()
     capsys.readouterr()
     assert main(["compare", str(a), str(b), "--resamples", "200", "--metrics", "MRR", "--stage-gap", "--json"]) == 0
     gap = json.loads(capsys.readouterr().out)["stage_gap"][0]

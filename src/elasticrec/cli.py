@@ -409,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-path", help="dataset location for --by-length, if not where run A found it")
     c.add_argument("--stage-gap", action="store_true",
                    help="also test whether B - A differs between the validation and the test item "
-                        "(does validation predict test?); every run needs valid_ranks.npz "
-                        "(`evaluate --stage valid --save-ranks`) and test_ranks.npz")
+                        "(does validation predict test?); every run needs valid_ranks.npz (written by "
+                        "training; older runs: `evaluate --stage valid --save-ranks`) and test_ranks.npz")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=cmd_compare)
 

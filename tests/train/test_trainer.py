@@ -236,6 +236,26 @@ def test_train_windows_learn_and_size_the_epoch(cyclic_data, tmp_path, windows):
     assert lines[-1]["step"] == 3 * tr.steps_per_epoch
 
 
+def test_run_saves_the_validation_ranks_of_the_tested_weights(cyclic_data, tmp_path):
+    """valid_ranks.npz (for `compare --stage-gap`) holds the best checkpoint's validation ranks:
+    their NDCG@10 is the selected epoch's logged validation score; a refit writes none."""
+    from elasticrec.cli import main
+    from elasticrec.evaluate import metrics_from_ranks
+    from elasticrec.evaluate.significance import load_ranks
+
+    res = Trainer(small_cfg(tmp_path, epochs=3), data=cyclic_data).fit()
+    run = tmp_path / "run"
+    users, ranks, meta = load_ranks(run, "valid")
+    assert meta["stage"] == "valid" and meta["epoch"] == res["best_epoch"]
+    assert (users == np.sort(cyclic_data.eval_users("valid"))).all()
+    assert metrics_from_ranks(ranks, (10,))["NDCG@10"] == pytest.approx(res["valid_NDCG@10"], abs=1e-9)
+    assert main(["compare", str(run), str(run), "--stage-gap", "--resamples", "100"]) == 0
+
+    refit = Trainer(small_cfg(tmp_path / "refit", fit="train+valid", epochs=1), data=cyclic_data)
+    refit.fit()
+    assert not (tmp_path / "refit" / "run" / "valid_ranks.npz").exists()
+
+
 def test_refit_never_validates_and_tests_the_final_weights(cyclic_data, tmp_path):
     """train.fit=train+valid: exactly `epochs` epochs (patience does not apply), no validation
     metrics, the final weights saved as the tested ones, and the run labelled as a refit."""

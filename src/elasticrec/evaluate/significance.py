@@ -65,9 +65,9 @@ def load_ranks(source: str | Path, stage: str = "test") -> tuple[np.ndarray, np.
     if p.is_dir():
         p = ranks_path(p, stage)
         if not p.exists():
-            raise RanksError(f"{p}: no {stage} ranks in this run directory (runs trained before ranks "
-                             f"were saved lack them); write them with `elasticrec evaluate --run "
-                             f"{source} --stage {stage} --save-ranks`")
+            raise RanksError(f"{p}: no {stage} ranks in this run directory (runs trained before they "
+                             f"were saved, and refits for validation ranks, lack them); write them with "
+                             f"`elasticrec evaluate --run {source} --stage {stage} --save-ranks`")
     if not p.exists():
         raise RanksError(f"{p}: no such run directory or ranks file")
     try:

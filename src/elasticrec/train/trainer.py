@@ -6,6 +6,8 @@
 ``<run_dir>/test_metrics.json`` test metrics of the best-validation checkpoint, scored once
 ``<run_dir>/test_ranks.npz``    each test user's 0-based rank of its held-out item (for
                                 ``elasticrec compare``: paired tests between runs)
+``<run_dir>/valid_ranks.npz``   the same for the validation item, same weights (not for a refit,
+                                which trains on it); ``elasticrec compare --stage-gap`` needs both
 ``<run_dir>/checkpoints/``      see :mod:`elasticrec.train.checkpoint`
 
 Model selection and early stopping use the validation item only; the test item is scored once,
@@ -323,8 +325,13 @@ class Trainer:
 
     def test(self, stop_reason: str = "") -> dict:
         """Score the test item once, with the best-validation weights (a refit: the final ones);
-        save metrics and per-user ranks."""
+        save metrics and per-user ranks (of the validation item too, except for a refit)."""
         info = load_best(self.ckpt_dir, self.model, map_location=self.device)
+        if not self.refit:  # the validation ranks of the tested weights, for compare --stage-gap
+            v_users, v_ranks = self.ranks("valid")
+            if self.main:
+                meta = ranks_meta(self.cfg, self.data, "valid", self.evaluator.label, info["epoch"])
+                save_ranks(ranks_path(self.run_dir, "valid"), v_users, v_ranks, meta)
         users, ranks = self.ranks("test")
         res = self.evaluator.summarize(ranks)
         res.update({"best_epoch": info["epoch"], f"valid_{self.cfg.eval.select_metric}": info.get(self.cfg.eval.select_metric),
