@@ -2,6 +2,7 @@
 or folder of the repository, and every anchor (`#x` or `page.md#x`) names a heading of the page it
 points to."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -30,7 +31,9 @@ def _anchors(prose: str) -> set[str]:
     return out
 
 
+@functools.cache
 def _page_anchors(page: Path) -> set[str]:
+    """The anchors of one page, read once per test session (results.md is linked dozens of times)."""
     return _anchors(_prose(page.read_text(encoding="utf-8")))
 
 

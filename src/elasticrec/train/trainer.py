@@ -328,20 +328,23 @@ class Trainer:
         save metrics and per-user ranks (of the validation item too, except for a refit)."""
         info = load_best(self.ckpt_dir, self.model, map_location=self.device)
         if not self.refit:  # the validation ranks of the tested weights, for compare --stage-gap
-            v_users, v_ranks = self.ranks("valid")
-            if self.main:
-                meta = ranks_meta(self.cfg, self.data, "valid", self.evaluator.label, info["epoch"])
-                save_ranks(ranks_path(self.run_dir, "valid"), v_users, v_ranks, meta)
-        users, ranks = self.ranks("test")
-        res = self.evaluator.summarize(ranks)
+            self._rank_and_save("valid", info["epoch"])
+        res = self.evaluator.summarize(self._rank_and_save("test", info["epoch"]))
         res.update({"best_epoch": info["epoch"], f"valid_{self.cfg.eval.select_metric}": info.get(self.cfg.eval.select_metric),
                     "stop_reason": stop_reason, "model": self.cfg.model.name, "dataset": self.cfg.data.name,
                     "fit": self.cfg.train.fit})
         if self.main:
-            meta = ranks_meta(self.cfg, self.data, "test", self.evaluator.label, info["epoch"])
-            save_ranks(ranks_path(self.run_dir, "test"), users, ranks, meta)
             atomic_write_json(self.run_dir / "test_metrics.json", res)
         return res
+
+    def _rank_and_save(self, stage: str, epoch: int) -> np.ndarray:
+        """Every user's rank of its ``stage`` item under the loaded weights, saved to
+        ``<run>/<stage>_ranks.npz`` by the main process."""
+        users, ranks = self.ranks(stage)
+        if self.main:
+            meta = ranks_meta(self.cfg, self.data, stage, self.evaluator.label, epoch)
+            save_ranks(ranks_path(self.run_dir, stage), users, ranks, meta)
+        return ranks
 
 
 def _progress(total: int, desc: str, enabled: bool):
