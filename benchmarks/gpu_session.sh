@@ -10,6 +10,10 @@
 #      b. DDP on nccl: `torchrun --nproc_per_node 1` (joins an nccl process group, wraps the model
 #         in DDP, runs every collective) against a plain single-process run; same seed, data and
 #         global batch, so the same validation metrics are expected;
+#      c. phase "runs" (not in the default PHASES): one `elasticrec train` per line of RUNS_FILE
+#         ("NAME ARGS...", e.g. `ml1m-elastic-s42 --config configs/ml-1m/large/elastic.yaml`), all
+#         at once beside 3a with the same budget; the way to run settings that differ by more than
+#         `bench accuracy`'s shared ACC_ARGS (see benchmarks/gpu_runs/);
 #   4. collect: summary.{json,md} of every run, then one tarball (no checkpoints) in $OUT.
 # The work folder WORK keeps everything (checkpoints too, so a second call on the same warm
 # machine can `--resume`); OUT receives only status.txt and tarballs, since the device tool
@@ -49,7 +53,10 @@ ACC_ARGS=${ACC_ARGS:-}                   # more `bench accuracy` options for eve
 #   ACC_ARGS="--set train.fit=train+valid" trains on the validation items too and tests the final
 #   weights at the budget's end: generative-recommenders' protocol for the published HSTU-large
 #   numbers (README, "Refit on the validation items"); rows are marked [train+valid]
-PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run
+PHASES=${PHASES:-checks efficiency accuracy ddp}  # which phases to run (also: runs)
+RUNS_FILE=${RUNS_FILE:-}                 # phase "runs": lines "NAME ARGS..." for `elasticrec train`
+PREP_DATASETS=${PREP_DATASETS:-}         # datasets whose cache is built first (comma list), so that
+                                         # concurrent runs do not each parse the raw file
 DDP_S=${DDP_S:-150}                      # hard cap on each of the two DDP check runs
 DDP_ARGS=${DDP_ARGS:---set data.synthetic.n_users=2000 --set data.synthetic.n_items=1000 --set model.max_len=128}
 mkdir -p "$OUT" "$WORK/logs"
@@ -79,6 +86,12 @@ if [ "$DEVICE" = cuda ] && has checks; then
   say "gpu_checks rc=$? ($(tail -1 "$WORK/logs/gpu_checks.log"))"
 fi
 
+# 1b. build the processed-data caches once, before anything is timed
+for ds in $(echo "$PREP_DATASETS" | tr ',' ' '); do
+  $py -m elasticrec data stats --dataset "$ds" > "$WORK/logs/prep-$ds.log" 2>&1
+  say "prep $ds rc=$?"
+done
+
 # 2. efficiency, alone on the device
 if has efficiency; then
   say "efficiency: start"
@@ -94,6 +107,7 @@ ACC_JOBS=${ACC_JOBS:-$(( $(n_of "$ACC_DATASETS") * $(n_of "$ACC_MODELS") * $(n_o
 budget=$(( DEADLINE_S - $(now) - ACC_TAIL_S ))
 [ "$budget" -lt 30 ] && budget=30
 acc=
+runs=()
 if has accuracy; then
   say "accuracy: start, ${ACC_JOBS} runs at a time, budget ${budget} s per run"
   $py -m elasticrec bench accuracy --datasets "$ACC_DATASETS" --models "$ACC_MODELS" --seeds "$ACC_SEEDS" \
@@ -102,6 +116,23 @@ if has accuracy; then
     --note "All runs at once on one GPU ($(head -2 "$WORK/machine.txt" | tail -1)), one CPU thread each, ${budget} s budget." \
     > "$WORK/logs/accuracy.log" 2>&1 &
   acc=$!
+fi
+
+# 3c. named training runs from RUNS_FILE, same budget, started before the DDP check
+if has runs; then
+  if [ ! -f "$RUNS_FILE" ]; then
+    say "runs: RUNS_FILE '$RUNS_FILE' not found, skipped"
+  else
+    mkdir -p "$WORK/runs"
+    while read -r name args; do
+      case "$name" in ''|'#'*) continue;; esac
+      # shellcheck disable=SC2086  # ARGS are words on purpose
+      $py -m elasticrec train $args --device "$DEVICE" --no-progress --run-dir "$WORK/runs/$name" \
+        --set train.time_budget_s="$budget" --set train.num_threads=1 > "$WORK/logs/run-$name.log" 2>&1 &
+      runs+=($!)
+    done < "$RUNS_FILE"
+    say "runs: started ${#runs[@]} from $RUNS_FILE, budget ${budget} s each"
+  fi
 fi
 
 # 3b. nccl DDP (1 process) versus the single-process run
@@ -135,8 +166,19 @@ if [ -n "$acc" ]; then
   wait "$acc"
   say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
 fi
+if [ ${#runs[@]} -gt 0 ]; then
+  while [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do
+    alive=0; for p in "${runs[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break; sleep 2
+  done
+  for p in "${runs[@]}"; do kill -0 "$p" 2>/dev/null && { say "runs: deadline reached, stopping pid $p"; kill -TERM "$p"; }; done
+  wait "${runs[@]}" 2>/dev/null
+  say "runs done: $(ls "$WORK"/runs/*/test_metrics.json 2>/dev/null | wc -l) of ${#runs[@]} scored on test"
+  $py benchmarks/collect_runs.py "$WORK/runs" --json "$WORK/runs-summary.json" --md "$WORK/runs-summary.md" \
+    > "$WORK/logs/collect-runs.log" 2>&1
+fi
 $py benchmarks/collect_runs.py "$WORK/acc" --json "$WORK/summary.json" --md "$WORK/summary.md" \
   > "$WORK/logs/collect.log" 2>&1
 say "end"
 pack session status.txt machine.txt logs efficiency efficiency.md accuracy acc ddp-single ddp-torchrun \
-  summary.json summary.md
+  summary.json summary.md runs runs-summary.json runs-summary.md

@@ -120,3 +120,16 @@ def test_cpu_name_reads_cpuinfo_and_falls_back(monkeypatch, tmp_path):
     assert eff.machine_info("cpu")["cpu"] == "Test CPU 9000"
     monkeypatch.setattr(eff, "Path", lambda p: tmp_path / "missing")
     assert isinstance(eff.cpu_name(), str) and eff.cpu_name()
+
+
+def test_late_cuda_error_becomes_a_note(monkeypatch):
+    """A device-side assert surfaces at the next CUDA call, here the memory release after a
+    point; it must become the row's error, not a traceback that loses the whole sweep."""
+    import torch
+
+    def boom():
+        raise RuntimeError("CUDA error: device-side assert triggered\nmore lines")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", boom)
+    assert eff.release_memory(cuda=False) is None
+    assert eff.release_memory(cuda=True) == "RuntimeError: CUDA error: device-side assert triggered"

@@ -44,6 +44,24 @@ def test_sdpa_equals_reference(with_padding, opts):
     torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
 
 
+def test_all_valid_mask_equals_no_mask_without_a_host_sync(monkeypatch):
+    """A mask with no padding goes through the padding-feature path (the layer never asks
+    ``valid.all()``, a GPU sync) and gives the plain causal kernel's output; the model asks once
+    per batch and passes None."""
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 2).eval()
+    x = torch.randn(3, 10, 16)
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    torch.testing.assert_close(attn(x, valid), attn(x, None), atol=1e-5, rtol=1e-5)
+    calls = []
+    real_all = torch.Tensor.all
+    monkeypatch.setattr(torch.Tensor, "all", lambda self, *a, **k: calls.append(1) or real_all(self, *a, **k))
+    items = torch.randint(1, 20, (2, 8))
+    items[0, :3] = 0  # left padding: every layer gets the mask
+    _model("sasrec").encode(items)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_fused_padding_mask_ignores_padding_content(dtype):
     """The fused path masks padding keys with one extra feature (no L x L mask): whatever the

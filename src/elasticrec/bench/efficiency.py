@@ -190,10 +190,26 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
             row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
     finally:
         del model, opt, x, y
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+        late = release_memory(cuda)
+        if late:
+            row.update(status="error", note=late)
     return row
+
+
+def release_memory(cuda: bool) -> str | None:
+    """Free the point's memory. A CUDA error can surface only here (a device-side assert is
+    reported at the next call: HSTU at L = 32,768 on an H200, 2026-12-04, ended the whole sweep
+    with no output written); it comes back as the row's error note instead of a traceback."""
+    import torch
+
+    gc.collect()
+    if not cuda:
+        return None
+    try:
+        torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001  any CUDA error: the sweep records it and goes on
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    return None
 
 
 # ----------------------------------------------------------------------------- subprocess mode
