@@ -249,12 +249,14 @@ class Trainer:
         stopped = None
         world = self.dist.world
         batches = self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world)
+        pending = None  # (this step's mean loss, still on the device; its step number)
         for users, ends in itertools.islice(batches, start, None):
             if not len(users):  # short last global batch: this rank runs one masked sample
                 users, ends = self.seqs.users[:1], None
             inputs, targets = self.seqs.batch(users, ends)
             if ends is None:
                 targets[:] = 0
+            n_tok = dist.all_sum(torch.tensor([float((targets > 0).sum())]), self.dist)[0]  # counted on the host
             x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
             y = torch.from_numpy(targets).to(self.device, non_blocking=True)
             ts = None
@@ -267,25 +269,23 @@ class Trainer:
                 h = self.net(x) if ts is None else self.net(x, ts)
                 loss_sum = next_item_loss(self.model, h, y, t, self.log_q, reduction="sum")
             # mean over the *global* batch's target tokens (DDP averages gradients over ranks)
-            n_tok = dist.all_sum(torch.tensor([float((y > 0).sum()), loss_sum.item()]), self.dist)
-            loss = loss_sum * world / n_tok[0].clamp(min=1.0)
-            batch_loss = (n_tok[1] / n_tok[0].clamp(min=1.0)).item()
-            if not math.isfinite(batch_loss):
-                raise TrainingError(
-                    f"non-finite loss ({batch_loss}) at epoch {epoch}, step {s.step}; the last good "
-                    f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate or enable grad_clip)")
+            loss = loss_sum * world / n_tok.clamp(min=1.0)
+            global_sum = dist.all_sum(loss_sum.detach().float().reshape(1), self.dist)[0]
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.opt.step()
             self.sched.step()
+            # read the previous step's loss only now: reading this one would make the host wait
+            # for its forward pass before queuing the backward (a GPU sync every step)
+            tot += self._settle(pending, epoch)
+            pending = (global_sum / n_tok.clamp(min=1.0), s.step)
             s.step += 1
-            tot += batch_loss
             n += 1
-            tokens += int(n_tok[0])
+            tokens += int(n_tok)
             bar.update(1)
-            bar.set_postfix(loss=f"{tot / n:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
+            bar.set_postfix(loss=f"{tot / max(1, n - 1):.4f}", tok_s=f"{tokens / max(1e-9, time.time() - t0):.0f}")
             if t.max_steps is not None and s.step >= t.max_steps:
                 stopped = f"max_steps={t.max_steps}"
                 break
@@ -294,6 +294,7 @@ class Trainer:
                 if dist.all_sum(over, self.dist).item() > 0:
                     stopped = f"time_budget_s={t.time_budget_s}"
                     break
+        tot += self._settle(pending, epoch)
         bar.close()
         dt = time.time() - t0
         out = {"loss": tot / max(1, n), "epoch_time_s": dt, "tokens_per_s": tokens / max(dt, 1e-9),
@@ -311,6 +312,18 @@ class Trainer:
                 self._stop_rng = torch.get_rng_state()
                 self._stop_cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return out
+
+    def _settle(self, pending: tuple[torch.Tensor, int] | None, epoch: int) -> float:
+        """The loss of a step already queued, as a float (0.0 for none); a non-finite one stops
+        training before any checkpoint holds its weights."""
+        if pending is None:
+            return 0.0
+        value = pending[0].item()
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"non-finite loss ({value}) at epoch {epoch}, step {pending[1]}; the last good "
+                f"checkpoint is kept in {self.ckpt_dir} (lower the learning rate or enable grad_clip)")
+        return value
 
     def ranks(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """(users, 0-based target ranks); with several processes each scores a shard, merged here."""
