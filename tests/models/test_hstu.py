@@ -9,7 +9,8 @@ from elasticrec.data.sequences import SequenceData
 from elasticrec.models import build_model, list_models
 from elasticrec.models.layers.hstu_attention import (
     HSTUAttention, hstu_attention, position_bucket, reference_hstu_attention,
-    relative_position_buckets, relative_time_buckets, time_bucket, toeplitz_lower, bucket_lookup)
+    relative_position_buckets, relative_time_buckets, time_bucket, toeplitz_lower, bucket_lookup,
+    distance_buckets)
 from model_checks import assert_no_gradient_from_future
 
 
@@ -72,7 +73,7 @@ def test_attention_equals_reference(L, heads, norm, with_time):
     valid[1, :3] = False
     valid[2, : L - 1] = False  # a single real item
     ts = _times(B, L)
-    pos_idx = relative_position_buckets(L, 8, 20)
+    pos_idx = distance_buckets(L, 8, 20)
     time_idx = relative_time_buckets(ts, 16, 0.301) if with_time else None
     y = hstu_attention(q, k, v, valid, att.bias(pos_idx, time_idx), att.n)
     y_ref = reference_hstu_attention(q, k, v, valid, att.pos_bias, 20, att.n,
@@ -144,7 +145,7 @@ def test_bias_equals_plain_table_lookup(L):
     time_idx = relative_time_buckets(_times(3, L, seed=L), 12, 0.301)
     lower = torch.ones(L, L, dtype=torch.bool).tril()
     g = torch.randn(3, 2, L, L) * lower
-    fast = attn.bias(pos_idx, time_idx)
+    fast = attn.bias(distance_buckets(L, 16, 40), time_idx)
     plain = attn.pos_bias[:, pos_idx][None] + attn.time_bias[:, time_idx].transpose(0, 1)
     torch.testing.assert_close(fast * lower, plain * lower)
     grads = [torch.autograd.grad((out * g).sum(), [attn.pos_bias, attn.time_bias]) for out in (fast, plain)]

@@ -19,7 +19,7 @@ from torch import nn
 
 from elasticrec.config import ModelConfig
 from elasticrec.models.base import SequentialRecommender, register_model
-from elasticrec.models.layers.hstu_attention import (HSTUAttention, relative_position_buckets,
+from elasticrec.models.layers.hstu_attention import (HSTUAttention, distance_buckets,
                                                      relative_time_buckets)
 
 
@@ -59,7 +59,7 @@ class HSTU(SequentialRecommender):
             raise ValueError(f"timestamps shape {tuple(timestamps.shape)} != items shape {tuple(items.shape)}")
         x, valid = self.embed(items)
         h = self.cfg.hstu
-        pos_idx = relative_position_buckets(items.shape[1], h.num_buckets, self.max_len, items.device)
+        pos_idx = distance_buckets(items.shape[1], h.num_buckets, self.max_len, items.device)
         time_idx = None
         if timestamps is not None and self.uses_timestamps:
             time_idx = relative_time_buckets(timestamps.to(items.device), h.time_buckets, h.time_log_scale)

@@ -47,16 +47,24 @@ def time_bucket(gap: int, num_buckets: int, log_scale: float) -> int:
     return min(int(math.log(max(abs(gap), 1)) / log_scale), num_buckets - 1)
 
 
-def relative_position_buckets(L: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
-    """Long [L, L]: bucket of (t - s) for query t, key s (0 above the diagonal, masked anyway)."""
-    pos = torch.arange(L, device=device)
-    dist = (pos[:, None] - pos[None, :]).clamp(min=0)
+def distance_buckets(L: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
+    """Long [L]: the bucket of each causal distance d = t - s in 0 .. L-1 (what the layer uses:
+    the bias depends on t - s only, so an [L, L] bucket matrix, 8 GiB of int64 at L = 32,768, is
+    never built)."""
+    dist = torch.arange(L, device=device)
     exact = max(1, num_buckets // 2)
     if max_distance <= exact:
         return dist.clamp(max=num_buckets - 1)
     far = dist.double().clamp(min=exact) / exact
     log_b = exact + (far.log() / math.log(max_distance / exact) * (num_buckets - exact)).long()
     return torch.where(dist < exact, dist, log_b).clamp(max=num_buckets - 1)
+
+
+def relative_position_buckets(L: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
+    """Long [L, L]: bucket of (t - s) for query t, key s (0 above the diagonal, masked anyway);
+    the plain definition the tests check the layer's per-distance buckets against."""
+    pos = torch.arange(L, device=device)
+    return distance_buckets(L, num_buckets, max_distance, device)[(pos[:, None] - pos[None, :]).clamp(min=0)]
 
 
 def relative_time_buckets(timestamps: torch.Tensor, num_buckets: int, log_scale: float) -> torch.Tensor:
@@ -167,9 +175,9 @@ class HSTUAttention(nn.Module):
         self.n = "causal" if norm == "causal" else float(max_len)
 
     def bias(self, pos_idx: torch.Tensor, time_idx: torch.Tensor | None) -> torch.Tensor:
-        """rab [1 or B, H, L, L] from bucket indices ([L, L] and optional [B, L, L]); entries above
-        the diagonal (masked by the attention) are 0."""
-        rab = toeplitz_lower(self.pos_bias[:, pos_idx[:, 0]])[None]  # the bucket depends on t - s only
+        """rab [1 or B, H, L, L] from the bucket of each distance (``distance_buckets``, [L]) and
+        optional time buckets [B, L, L]; entries above the diagonal (masked anyway) are 0."""
+        rab = toeplitz_lower(self.pos_bias[:, pos_idx])[None]  # the bucket depends on t - s only
         if self.time_bias is not None:
             if time_idx is not None:
                 rab = rab + bucket_lookup(self.time_bias, time_idx)
