@@ -65,3 +65,40 @@ def test_amp_cpu_benchmark_writes_its_table(tmp_path):
     assert [(r["model"], r["layers"]) for r in rows] == [("elastic", 1), ("sasrec", 1)]
     assert all(r["fp32_s"] > 0 and r["bf16_s"] > 0 for r in rows)
     assert "| elastic | 1 | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_op_count_benchmark_writes_its_table(tmp_path):
+    """benchmarks/op_count.py counts a training step's ops; ELASTIC issues more than SASRec (the
+    reason it is launch-bound on a GPU) and the table is written."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("op_count", ROOT / "benchmarks" / "op_count.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--models", "elastic,sasrec", "--lengths", "64", "--batch-tokens", "128",
+                     "--out", str(tmp_path / "ops")]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp_path / "ops.json").read_text())["rows"]}
+    assert rows["elastic"]["train_step_ops"] > rows["sasrec"]["train_step_ops"] > rows["sasrec"]["forward_ops"] > 0
+    assert "| elastic | 64 | 2 |" in (tmp_path / "ops.md").read_text()
+
+
+@pytest.mark.parametrize("runs_file", sorted((ROOT / "benchmarks" / "gpu_runs").glob("*.txt")), ids=lambda p: p.name)
+def test_gpu_runs_files_resolve(runs_file):
+    """Every line of a RUNS_FILE (gpu_session.sh, phase runs) names a unique run and resolves to a
+    valid training config, so a GPU call never dies on a typo."""
+    import shlex
+
+    from elasticrec.config import load_config
+
+    names = []
+    for line in runs_file.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, *args = shlex.split(line)
+        names.append(name)
+        opts = dict(zip(args[::2], args[1::2]))
+        assert set(args[::2]) <= {"--config", "--set"}, line
+        sets = [v for k, v in zip(args[::2], args[1::2]) if k == "--set"]
+        load_config(ROOT / opts["--config"], sets)
+    assert names and len(names) == len(set(names))
