@@ -156,22 +156,24 @@ PY
 }
 has ddp && ddp
 
-# 4. wait for the accuracy runs, but never past the deadline (unfinished runs keep checkpoints)
+# 4. wait for the accuracy runs and the named runs, but never past the deadline
+# until_deadline LABEL PID...: wait for the processes, but stop those still running 25 s before
+# the deadline (unfinished runs keep their checkpoints)
+until_deadline() {
+  local label=$1 p alive; shift
+  while [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do
+    alive=0; for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break; sleep 2
+  done
+  for p in "$@"; do kill -0 "$p" 2>/dev/null && { say "$label: deadline reached, stopping pid $p"; kill -TERM "$p"; }; done
+}
 if [ -n "$acc" ]; then
-  while kill -0 "$acc" 2>/dev/null && [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do sleep 2; done
-  if kill -0 "$acc" 2>/dev/null; then
-    say "accuracy: deadline reached, stopping the unfinished runs"
-    kill -TERM "$acc"
-  fi
+  until_deadline accuracy "$acc"
   wait "$acc"
   say "accuracy done (rc=$?): $(ls "$WORK"/acc/*/test_metrics.json 2>/dev/null | wc -l) runs scored on test"
 fi
 if [ ${#runs[@]} -gt 0 ]; then
-  while [ "$(now)" -lt $(( DEADLINE_S - 25 )) ]; do
-    alive=0; for p in "${runs[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break; sleep 2
-  done
-  for p in "${runs[@]}"; do kill -0 "$p" 2>/dev/null && { say "runs: deadline reached, stopping pid $p"; kill -TERM "$p"; }; done
+  until_deadline runs "${runs[@]}"
   wait "${runs[@]}" 2>/dev/null
   say "runs done: $(ls "$WORK"/runs/*/test_metrics.json 2>/dev/null | wc -l) of ${#runs[@]} scored on test"
   $py benchmarks/collect_runs.py "$WORK/runs" --json "$WORK/runs-summary.json" --md "$WORK/runs-summary.md" \

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -33,33 +34,17 @@ VIEW_OPS = {f"aten::{n}" for n in (
 def count_ops(model: str, L: int, batch: int, device: str = "cpu") -> dict:
     """Top-level ATen ops (those not called from inside another ATen op) of one training step,
     after one warm-up step; also the forward pass alone."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from elasticrec.bench.efficiency import PointSpec, point_config
-    from elasticrec.models import build_model
-    from elasticrec.train.losses import next_item_loss
-    from elasticrec.train.trainer import build_optimizer
+    from elasticrec.bench.efficiency import PointSpec, build_point, train_step
 
-    spec = PointSpec(model=model, L=L, batch=batch, device=device)
-    cfg = point_config(spec)
-    torch.manual_seed(0)
-    m = build_model(cfg.model, spec.n_items).to(device)
-    opt = build_optimizer(m, cfg)
-    x = torch.randint(1, spec.n_items + 1, (batch, L), device=device)
-    y = torch.randint(1, spec.n_items + 1, (batch, L), device=device)
-    ts = None
-    if getattr(m, "uses_timestamps", False):
-        ts = torch.randint(1, 86_400, (batch, L), device=device).cumsum(1) + 10**9
+    cfg, m, opt, x, y, ts = build_point(PointSpec(model=model, L=L, batch=batch, device=device), device)
 
     def forward():
         return m(x, ts)
 
     def step():
-        loss = next_item_loss(m, forward(), y, cfg.train, None, reduction="mean")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(m, opt, cfg, x, y, ts)
 
     def top_level(fn) -> tuple[int, int]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -109,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for L in (int(v) for v in args.lengths.split(",")):
             rows.append(count_ops(model, L, max(1, args.batch_tokens // L), args.device))
             print(rows[-1], flush=True)
-    meta = {"command": "python benchmarks/op_count.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+    meta = {"command": "python benchmarks/op_count.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
             "python": platform.python_version(), "device": args.device}
     out = Path(args.out)

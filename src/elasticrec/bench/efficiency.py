@@ -93,13 +93,47 @@ def _is_oom(e: BaseException) -> bool:
                                            or "defaultcpuallocator" in msg)
 
 
-def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
-    """Measure one point in this process. ``cpu_peak_mib()`` (subprocess mode) reads the CPU peak."""
+def _error_note(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 160 characters), for a row's note."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+
+
+def build_point(spec: PointSpec, device):
+    """(cfg, model, opt, x, y, ts) of one point: the model of the point's config on ``device``,
+    the trainer's optimizer (fused AdamW on a GPU), random items and targets [batch, L], and
+    increasing timestamps for models that read them (HSTU's time bias; else None)."""
     import torch
 
     from elasticrec.models import build_model
-    from elasticrec.train.losses import next_item_loss
     from elasticrec.train.trainer import build_optimizer
+
+    cfg = point_config(spec)
+    torch.manual_seed(spec.seed)
+    model = build_model(cfg.model, spec.n_items).to(device)
+    opt = build_optimizer(model, cfg)
+    x = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
+    y = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
+    ts = None
+    if getattr(model, "uses_timestamps", False):
+        ts = torch.randint(1, 86_400, (spec.batch, spec.L), device=device).cumsum(1) + 10**9
+    return cfg, model, opt, x, y, ts
+
+
+def train_step(model, opt, cfg, x, y, ts, amp=contextlib.nullcontext()) -> None:
+    """One training step as benchmarked: forward and loss (under ``amp``), backward, AdamW."""
+    from elasticrec.train.losses import next_item_loss
+
+    with amp:
+        h = model(x, ts)
+        loss = next_item_loss(model, h, y, cfg.train, None, reduction="mean")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
+    """Measure one point in this process. ``cpu_peak_mib()`` (subprocess mode) reads the CPU peak."""
+    import torch
 
     row = {k: None for k in ROW_KEYS}
     row.update(model=spec.model, L=spec.L, batch=spec.batch, tokens=spec.batch * spec.L, status="ok", note="")
@@ -123,19 +157,11 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
 
     model = opt = x = y = None
     try:
-        cfg = point_config(spec)
-        torch.manual_seed(spec.seed)
         if cuda:
             torch.cuda.empty_cache()
             mem0 = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        model = build_model(cfg.model, spec.n_items).to(device)
-        opt = build_optimizer(model, cfg)  # the trainer's optimizer (fused AdamW on a GPU)
-        x = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
-        y = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
-        ts = None  # models that read timestamps (HSTU's time bias) get increasing seconds
-        if getattr(model, "uses_timestamps", False):
-            ts = torch.randint(1, 86_400, (spec.batch, spec.L), device=device).cumsum(1) + 10**9
+        cfg, model, opt, x, y, ts = build_point(spec, device)
         amp = torch.autocast(device.type, dtype=torch.bfloat16) if spec.amp == "bf16" else contextlib.nullcontext()
 
         def infer():
@@ -143,12 +169,7 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
                 model.last_hidden(x, ts)
 
         def train():
-            with amp:
-                h = model(x, ts)
-                loss = next_item_loss(model, h, y, cfg.train, None, reduction="mean")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, cfg, x, y, ts, amp)
 
         # --- inference first (its CPU peak is read before training raises it)
         model.eval()
@@ -187,7 +208,7 @@ def measure_point(spec: PointSpec, cpu_peak_mib=None) -> dict:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             row.update(status="OOM", note=msg.split("DefaultCPUAllocator: ")[-1][:100])
         else:
-            row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+            row.update(status="error", note=_error_note(e))
     finally:
         del model, opt, x, y
         late = release_memory(cuda)
@@ -208,7 +229,7 @@ def release_memory(cuda: bool) -> str | None:
     try:
         torch.cuda.empty_cache()
     except Exception as e:  # noqa: BLE001  any CUDA error: the sweep records it and goes on
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return _error_note(e)
     return None
 
 
