@@ -16,6 +16,7 @@ from elasticrec.models.layers.dispatcher import (
     empty_state,
     exclusive_chunk_states,
     finalize_state,
+    inclusive_scan,
 )
 from elasticrec.models.layers.pkm import ProductKeyMemory
 from model_checks import assert_layer_padding_and_batch_invariant, left_valid
@@ -390,6 +391,45 @@ def test_bf16_close_to_fp32_reference():
 
 
 # ---------------------------------------------------------------- aggregation helpers
+
+
+def _sequential_scan(s: LSEState, dim: int) -> LSEState:
+    """The obvious inclusive prefix-combine: fold the states one by one."""
+    acc, out = None, []
+    for c in range(s.m.shape[dim]):
+        x = LSEState(*(t.select(dim, c) for t in s))
+        acc = x if acc is None else combine_states(acc, x)
+        out.append(acc)
+    return LSEState(*(torch.stack([o[i] for o in out], dim) for i in range(3)))
+
+
+@pytest.mark.parametrize("n,block", [(1, 4), (4, 4), (7, 64), (5, 4), (16, 4), (23, 4), (70, 4)])
+def test_inclusive_scan_equals_sequential_fold(n, block):
+    """The block-matrix scan (one block, several blocks with a padded last one, blocks of blocks)
+    equals folding the states one by one, values and gradients, with logits 1e4 apart, states
+    holding no entry (m = -1e30) and a first state holding none."""
+    g = torch.Generator().manual_seed(n)
+    B, k, dh = 2, 3, 4
+    m = torch.randn(B, n, k, generator=g, dtype=torch.float64) * 40
+    m[:, n // 2, 0] += 1e4                    # one dominant entry: everything before it vanishes
+    num = torch.randn(B, n, k, dh, generator=g, dtype=torch.float64)
+    den = torch.rand(B, n, k, generator=g, dtype=torch.float64) + 0.5
+    empty = torch.zeros(n, dtype=torch.bool)
+    empty[::3] = True                          # incl. state 0
+    m[:, empty] = -1e30
+    num[:, empty] = 0.0
+    den[:, empty] = 0.0
+    num.requires_grad_(True)
+    den.requires_grad_(True)
+    got = inclusive_scan(LSEState(m, num, den), 1, block=block)
+    want = _sequential_scan(LSEState(m, num, den), 1)
+    torch.testing.assert_close(got.m, want.m)
+    torch.testing.assert_close(got.num, want.num)
+    torch.testing.assert_close(got.den, want.den)
+    w = torch.randn(want.num.shape, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((s.num * w).sum() + s.den.sum(), (num, den)) for s in (got, want)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_state_helpers_exact_softmax():

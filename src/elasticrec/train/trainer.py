@@ -58,12 +58,15 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.data.name}-{cfg.model.name}-{stamp}"
 
 
-def build_optimizer(model, cfg: ExperimentConfig):
+def build_optimizer(model, cfg: ExperimentConfig, fused: bool | None = None):
+    """AdamW over the model's parameter groups. ``fused=None``: the fused kernel when every
+    parameter is on a GPU (one launch per step instead of several per parameter, which is what
+    makes small models launch-bound; same update rule, same state_dict), the per-parameter loop
+    otherwise (what every CPU run so far used). ``True`` forces the fused kernel (CPU too)."""
     t = cfg.train
     groups = model.param_groups(t.lr, t.weight_decay)
-    # on a GPU, the fused kernel: one launch per step instead of several per parameter group
-    # (what makes small models launch-bound); same update rule, same state_dict
-    fused = all(p.is_cuda for g in groups for p in g["params"])
+    if fused is None:
+        fused = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
                              fused=fused or None)
 

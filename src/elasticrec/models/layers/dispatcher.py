@@ -26,8 +26,9 @@ Dispatcher ``j``'s state over a set ``S`` of positions is
 * *One pass*: per chunk we compute the partial log-sum-exp state ``(max m, numerator,
   denominator)`` of every dispatcher (:func:`chunk_partials`), then an exclusive prefix-combine
   over chunks (:func:`exclusive_chunk_states`: the empty entry is prepended and an inclusive
-  Hillis-Steele scan with the associative :func:`combine_states` runs in ``ceil(log2(L/C))``
-  vectorised steps), then :func:`finalize_state` divides. All of it in fp32 whatever the input
+  scan runs as one lower-triangular weight matrix per block of up to 64 chunks, blocks joined by
+  the associative :func:`combine_states`, so a constant number of ops up to 4,096 chunks), then
+  :func:`finalize_state` divides. All of it in fp32 whatever the input
   dtype (bf16 / fp16 / fp32; float64 stays float64), cast back at the end. The running max is a
   detached stabiliser, so the result is an exact softmax at any input scale.
 
@@ -82,7 +83,7 @@ the running sum of its inputs (``O(k d + d)`` more per layer).
 
 Cost ``O(L k d + L C d)`` time and ``O(L/C k d + L C)`` extra memory: no L x L tensor anywhere
 (the scan's rescaling factors ``exp(m - M)`` are constants because the running max is detached,
-so backward keeps only ``O(L/C k log(L/C))`` scalars for it, not the ``d``-wide states).
+so backward keeps only the scan's weights for it, ``O(L/C k 64)`` scalars, not ``d``-wide states).
 The memory module reads only the dispatchers of chunks that hold at least one valid position
 (those of padding-only chunks are never attended to). This saves most of its cost on short,
 left-padded histories, keeps padding out of the slot-usage statistics, and keeps BatchNorm
@@ -181,16 +182,55 @@ def _cat(a: LSEState, b: LSEState, dim: int) -> LSEState:
     return LSEState(*(torch.cat((x, y), dim=dim) for x, y in zip(a, b)))
 
 
-def inclusive_scan(s: LSEState, dim: int) -> LSEState:
+SCAN_BLOCK = 64   # chunks scanned at once by one weight matrix (see inclusive_scan)
+
+
+def _block_scan(s: LSEState, dim: int) -> LSEState:
+    """Inclusive prefix-combine along ``dim`` in one shot, for a few dozen states: with the prefix
+    max ``M_c = max_{j <= c} m_j`` (detached, as every ``m``), state ``c`` is
+    ``sum_{j <= c} exp(m_j - M_c) * (num_j, den_j)``: a lower-triangular ``[n, n]`` weight matrix
+    (entries in ``[0, 1]``, so nothing overflows) times the stacked numerators and denominators.
+    A constant number of ops whatever ``n``; ``O(n^2)`` weights per dispatcher."""
+    m = s.m.movedim(dim, -1)                                                # [..., n]
+    n = m.shape[-1]
+    M = m.cummax(dim=-1).values
+    later = torch.ones(n, n, dtype=torch.bool, device=m.device).triu(1)     # [c, j]: j > c
+    w = torch.exp((m[..., None, :] - M[..., :, None]).masked_fill(later, float("-inf")))
+    num = w @ s.num.movedim(dim, -2)                                        # [..., n, d_h]
+    den = (w @ s.den.movedim(dim, -1)[..., None]).squeeze(-1)
+    return LSEState(M.movedim(-1, dim), num.movedim(-2, dim), den.movedim(-1, dim))
+
+
+def _empty_states(like: LSEState, dim: int, size: int) -> LSEState:
+    """``size`` states holding no entry, shaped as ``like`` except ``size`` along ``dim``."""
+    def shaped(t: torch.Tensor, fill: float) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[dim] = size
+        return t.new_full(shape, fill)
+    return LSEState(shaped(like.m, _EMPTY_MAX), shaped(like.num, 0.0), shaped(like.den, 0.0))
+
+
+def inclusive_scan(s: LSEState, dim: int, block: int = SCAN_BLOCK) -> LSEState:
     """Inclusive prefix-combine along ``dim`` (a non-negative dim of ``m``, valid for all three
-    fields since ``num`` only adds a trailing dim): Hillis-Steele, ``ceil(log2 n)`` steps."""
+    fields since ``num`` only adds a trailing dim). Up to ``block`` states: one
+    :func:`_block_scan`. More: the states are cut into blocks of ``block``, each block is scanned
+    at once, the blocks' totals are scanned the same way (recursively) and each block's exclusive
+    prefix is combined into it. So the op count is constant up to ``block ** 2`` states (a
+    kernel launch per op on a GPU: a log-depth scan of small ops was most of ELASTIC's launches)
+    and memory stays ``O(n * block)``, linear in ``n``."""
     n = s.m.shape[dim]
-    off = 1
-    while off < n:
-        comb = combine_states(_slice(s, dim, 0, n - off), _slice(s, dim, off, n))
-        s = _cat(_slice(s, dim, 0, off), comb, dim)
-        off *= 2
-    return s
+    if n <= block:
+        return _block_scan(s, dim)
+    nb = -(-n // block)
+    if nb * block > n:                       # pad the last block with empty states
+        s = _cat(s, _empty_states(s, dim, nb * block - n), dim)
+    blocks = LSEState(*(t.unflatten(dim, (nb, block)) for t in s))           # [..., nb, block, ...]
+    inner = _block_scan(blocks, dim + 1)
+    totals = LSEState(*(t.select(dim + 1, block - 1) for t in inner))       # [..., nb, ...]
+    upto = inclusive_scan(totals, dim, block)
+    before = _cat(_empty_states(upto, dim, 1), _slice(upto, dim, 0, nb - 1), dim)
+    out = combine_states(LSEState(*(t.unsqueeze(dim + 1) for t in before)), inner)
+    return _slice(LSEState(*(t.flatten(dim, dim + 1) for t in out)), dim, 0, n)
 
 
 def exclusive_chunk_states(partials: LSEState, init: LSEState, dim: int) -> LSEState:
@@ -428,8 +468,8 @@ class DispatcherAttention(nn.Module):
 
         # ---- aggregate: packed dispatchers per chunk, exclusive by chunk (fp32 accumulation)
         counts = valid.view(B, n, C).sum(dim=-1)                              # items per chunk
-        kv1 = self.agg_kv(x).view(B, n, C, 2 * D)
-        k1, v1 = self._heads(kv1[..., :D]), self._heads(kv1[..., D:])   # [B, n, H, C, dh]
+        # (split, not two slices: one backward op instead of a zero-filled gradient per slice)
+        k1, v1 = (self._heads(t) for t in self.agg_kv(x).view(B, n, C, 2 * D).split(D, dim=-1))
         if self.query_memory is not None:   # chunk c's queries from chunk c-1's mean input
             sums = (x.to(acc) * valid[..., None]).view(B, n, C, D).sum(dim=2)    # [B, n, D]
             mean = (sums / counts.clamp(min=1)[..., None]).to(x.dtype)
@@ -456,16 +496,14 @@ class DispatcherAttention(nn.Module):
         # ---- distribute: joint softmax over the chunk's dispatchers and causal local positions
         q2 = self._heads(self.q(x).view(B, n, C, D)).transpose(1, 2)          # [B, H, n, C, dh]
         kvp = self.disp_kv(P)
-        kp = self._heads(kvp[..., :D]).transpose(1, 2)                        # [B, H, n, k, dh]
-        vp = self._heads(kvp[..., D:]).transpose(1, 2)
+        kp, vp = (self._heads(t).transpose(1, 2) for t in kvp.split(D, dim=-1))  # [B, H, n, k, dh]
         s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                      # [B, H, n, C, k]
         if self.dispatcher_bias != "none":                                  # items before chunk
             bias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts)   # [B, n]
             s = s + bias.to(acc)[:, None, :, None, None]
         if self.use_local:
             kvl = self.local_kv_proj(x).view(B, n, C, 2 * D)
-            kl = self._heads(kvl[..., :D]).transpose(1, 2)                    # [B, H, n, C, dh]
-            vl = self._heads(kvl[..., D:]).transpose(1, 2)
+            kl, vl = (self._heads(t).transpose(1, 2) for t in kvl.split(D, dim=-1))  # [B, H, n, C, dh]
             sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                 # [B, H, n, C, C]
             if self.local_bias is not None:     # by distance t - s; [H, C, 2C] with the lookback
                 lb = toeplitz_lower(self.local_bias.to(acc))[:, -C:]
@@ -483,12 +521,12 @@ class DispatcherAttention(nn.Module):
         a = torch.softmax(s, dim=-1)
         if p_drop > 0.0:
             a = F.dropout(a, p_drop, training=True)
-        a = a.to(vp.dtype)
-        y = a[..., :k] @ vp
+        parts = a.to(vp.dtype).split([k, C, C][:1 + self.use_local + self.lookback], dim=-1)
+        y = parts[0] @ vp
         if self.use_local:
-            y = y + a[..., k:k + C].to(vl.dtype) @ vl
+            y = y + parts[1] @ vl
         if self.lookback:
-            y = y + a[..., k + C:].to(vb.dtype) @ vb
+            y = y + parts[2] @ vb
         y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
         y = self.output(y, x)
         if not keep:
