@@ -145,8 +145,7 @@ def chunk_partials(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tenso
     ``m = _EMPTY_MAX, num = 0, den = 0``. Dropout (if any) hits the numerator weights only.
     """
     s = scores.masked_fill(~mask, float("-inf"))
-    m = s.amax(dim=-1).detach()
-    m = torch.where(torch.isfinite(m), m, torch.full_like(m, _EMPTY_MAX))
+    m = s.amax(dim=-1).detach().clamp(min=_EMPTY_MAX)   # -inf (no valid position) -> _EMPTY_MAX
     w = torch.exp(s - m[..., None])
     den = w.sum(dim=-1)
     if dropout_p > 0.0 and training:
