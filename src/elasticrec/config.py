@@ -77,6 +77,10 @@ class ElasticConfig:
     # sees at least its C most recent items exactly (not 1 to C); needs use_local
     local_lookback: bool = False
     output_norm: bool = False  # [ours], after HSTU: layer-norm the attention output before gate / Wo
+    # how each position's joint softmax over dispatchers + local keys runs: "explicit" (logits,
+    # softmax and weighted sums as separate ops, fp32 logits) or "sdpa" (one fused
+    # scaled_dot_product_attention call per layer, the biases as an additive mask; same model)
+    distribute: str = "explicit"
     memory: bool = False  # interest memory retrieval (product-key memory) on/off
     memory_layers: list[int] = field(default_factory=lambda: [-1])  # which blocks get IMR
     # where a block reads its memory: "dispatchers" (ELASTIC.md: each packed dispatcher queries it,

@@ -123,6 +123,47 @@ def test_local_lookback_matches_reference(L, C, k, H, memory, bias, qmem, lpb):
                                    output_gate=lpb), L)
 
 
+SDPA_CASES = [  # distribute="sdpa": one fused attention call, every option that enters its mask
+    # L, C, k, H, use_local, memory, bias, extra options
+    (10, 4, 3, 2, True, None, "none", {}),
+    (11, 3, 4, 2, False, "pkm", "count", {}),                      # dispatchers only
+    (9, 1, 3, 2, True, "linear", "items", {"local_position_bias": True}),
+    (13, 4, 3, 2, True, None, "count", {"local_lookback": True, "local_position_bias": True,
+                                        "output_gate": True}),
+    (7, 16, 2, 1, True, "pkm", "items", {"local_lookback": True}),  # one chunk
+]
+
+
+@pytest.mark.parametrize("L,C,k,H,use_local,memory,bias,kw", SDPA_CASES)
+def test_sdpa_distribute_matches_reference(L, C, k, H, use_local, memory, bias, kw):
+    """The fused path is the same model: equal to the per-position reference (values and
+    gradients, incl. the position-bias parameters that reach it through the mask) and to the
+    explicit path on the same weights."""
+    m = _make(L, C, k, H, use_local, memory, bias=bias, distribute="sdpa", **kw)
+    _check_against_reference(m, L)
+    explicit = copy.deepcopy(m)
+    explicit.distribute = "explicit"
+    x = torch.randn(3, L, D, dtype=torch.float64)
+    valid = left_valid(L, [L, max(1, L // 2), 1])
+    torch.testing.assert_close(m(x, valid), explicit(x, valid))
+
+
+def test_sdpa_distribute_in_bf16_and_training():
+    """bf16 (mask cast to bf16) stays close to the fp32 reference; dropout runs in training."""
+    m32 = _make(20, 4, 3, 2, dtype=torch.float32, bias="items", local_lookback=True,
+                local_position_bias=True, distribute="sdpa")
+    x = torch.randn(2, 20, D)
+    valid = left_valid(20, [20, 9])
+    y = copy.deepcopy(m32).to(torch.bfloat16)(x.to(torch.bfloat16), valid)
+    assert _rel_err(y, dispatcher_attention_reference(m32, x.to(torch.bfloat16).float(), valid)) < 3e-2
+    m32.dropout = 0.5
+    m32.train()
+    a, b = m32(x, valid), m32(x, valid)
+    assert torch.isfinite(a).all() and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="distribute"):
+        DispatcherAttention(D, distribute="flash")
+
+
 def test_local_lookback_reads_the_previous_chunk_exactly():
     """A position at the start of a chunk sees the whole previous chunk with the lookback: with
     dispatchers blind to item content (aggregation keys/values constant), its output moves when

@@ -55,7 +55,8 @@ class ElasticBlock(nn.Module):
                                         query_memory=memory if site == "queries" else None,
                                         local_position_bias=e.local_position_bias,
                                         output_gate=e.output_gate, output_norm=e.output_norm,
-                                        local_lookback=e.local_lookback)
+                                        local_lookback=e.local_lookback,
+                                        distribute=e.distribute)
         self.ffn = FeedForward(d, cfg.ffn_dim or d, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
         self.memory = memory if on_tokens else None

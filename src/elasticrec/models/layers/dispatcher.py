@@ -306,6 +306,57 @@ def _shift_back(t: torch.Tensor, first: torch.Tensor, L: int) -> torch.Tensor:
     return out.masked_fill(before[..., None], 0.0)
 
 
+DISTRIBUTES = ("explicit", "sdpa")
+
+
+def _attend_explicit(q, keys, vals, dbias, local, p_drop, scale, acc):
+    """The distribution softmax written out: q [B, H, n, C, dh]; keys / vals: the chunk's
+    dispatchers [B, H, n, k, dh], then (with local attention) its own positions and (lookback) the
+    previous chunk's, [B, H, n, C, dh] each; ``dbias`` (or None) added to the dispatcher logits;
+    ``local``: (logit bias or None, allowed bool mask) per local block. Logits in ``acc``."""
+    s = (q @ keys[0].transpose(-1, -2)).to(acc) * scale                    # [B, H, n, C, k]
+    if dbias is not None:
+        s = s + dbias
+    logits = [s]
+    for kk, (bias, ok) in zip(keys[1:], local):
+        sl = (q @ kk.transpose(-1, -2)).to(acc) * scale                    # [B, H, n, C, C]
+        if bias is not None:
+            sl = sl + bias
+        logits.append(sl.masked_fill(~ok, float("-inf")))
+    a = torch.softmax(torch.cat(logits, dim=-1) if len(logits) > 1 else s, dim=-1)
+    if p_drop > 0.0:
+        a = F.dropout(a, p_drop, training=True)
+    parts = a.to(vals[0].dtype).split([v.shape[-2] for v in vals], dim=-1)
+    y = parts[0] @ vals[0]
+    for p, v in zip(parts[1:], vals[1:]):
+        y = y + p @ v
+    return y
+
+
+def _attend_sdpa(q, keys, vals, dbias, local, p_drop, scale, acc):
+    """The same through one ``F.scaled_dot_product_attention`` call over the concatenated keys
+    (every chunk a batch entry, the logit terms as an additive mask): one fused kernel on a GPU
+    instead of a dozen ops. The mask is cast to ``q``'s dtype (bf16 under autocast: the dispatcher
+    and position biases are then rounded to bf16, unlike the explicit path's fp32 logits)."""
+    B, H, n, C, dh = q.shape
+    Hm = H if any(b is not None for b, _ in local) else 1
+    k = keys[0].shape[-2]
+    zero = torch.zeros((), dtype=acc, device=q.device)
+    parts = [(zero if dbias is None else dbias).expand(B, Hm, n, C, k)]
+    for (bias, ok), kk in zip(local, keys[1:]):
+        m = torch.where(ok, zero if bias is None else bias, float("-inf"))
+        parts.append(m.expand(B, Hm, n, C, kk.shape[-2]))
+    mask = torch.cat(parts, dim=-1).to(q.dtype)                             # [B, Hm, n, C, S]
+
+    def per_chunk(t: torch.Tensor) -> torch.Tensor:                         # [B*n, H|1, *, *]
+        return t.transpose(1, 2).reshape(B * n, t.shape[1], *t.shape[3:])
+
+    kk, vv = (torch.cat(t, dim=-2) if len(t) > 1 else t[0] for t in (keys, vals))
+    y = F.scaled_dot_product_attention(per_chunk(q), per_chunk(kk), per_chunk(vv),
+                                       attn_mask=per_chunk(mask), dropout_p=p_drop, scale=scale)
+    return y.view(B, n, H, C, dh).transpose(1, 2)
+
+
 class DispatcherAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 1, n_dispatchers: int = 16,
                  chunk_size: int = 64, dropout: float = 0.0, use_local: bool = True,
@@ -313,8 +364,10 @@ class DispatcherAttention(nn.Module):
                  chunk_align: str = "end", dispatcher_bias: str = "none",
                  query_memory: nn.Module | None = None, local_position_bias: bool = False,
                  output_gate: bool = False, output_norm: bool = False,
-                 local_lookback: bool = False):
+                 local_lookback: bool = False, distribute: str = "explicit"):
         super().__init__()
+        if distribute not in DISTRIBUTES:
+            raise ValueError(f"distribute must be one of {DISTRIBUTES}, got {distribute!r}")
         if chunk_align not in CHUNK_ALIGNS:
             raise ValueError(f"chunk_align must be one of {CHUNK_ALIGNS}, got {chunk_align!r}")
         if dispatcher_bias not in DISPATCHER_BIASES:
@@ -339,6 +392,7 @@ class DispatcherAttention(nn.Module):
         self.chunk_align = chunk_align
         self.dispatcher_bias = dispatcher_bias
         self.lookback = local_lookback
+        self.distribute = distribute
         # aggregate
         self.dispatchers = nn.Parameter(torch.empty(n_dispatchers, d_model))   # Q_P
         self.agg_kv = nn.Linear(d_model, 2 * d_model)                          # Wk1, Wv1
@@ -380,7 +434,7 @@ class DispatcherAttention(nn.Module):
                 f"dispatcher_bias={self.dispatcher_bias}, "
                 f"local_position_bias={self.local_bias is not None}, "
                 f"output_gate={self.gate is not None}, output_norm={self.output_norm}, "
-                f"dropout={self.dropout}")
+                f"distribute={self.distribute}, dropout={self.dropout}")
 
     # ---------------------------------------------------------------- pieces (also for streaming)
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -496,36 +550,27 @@ class DispatcherAttention(nn.Module):
         q2 = self._heads(self.q(x).view(B, n, C, D)).transpose(1, 2)          # [B, H, n, C, dh]
         kvp = self.disp_kv(P)
         kp, vp = (self._heads(t).transpose(1, 2) for t in kvp.split(D, dim=-1))  # [B, H, n, k, dh]
-        s = (q2 @ kp.transpose(-1, -2)).to(acc) * scale                      # [B, H, n, C, k]
+        dbias = None
         if self.dispatcher_bias != "none":                                  # items before chunk
-            bias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts)   # [B, n]
-            s = s + bias.to(acc)[:, None, :, None, None]
+            dbias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts).to(acc)
+            dbias = dbias[:, None, :, None, None]                           # [B, 1, n, 1, 1]
+        keys, vals, local = [kp], [vp], []   # local: (logit bias or None, allowed) per extra block
         if self.use_local:
             kvl = self.local_kv_proj(x).view(B, n, C, 2 * D)
             kl, vl = (self._heads(t).transpose(1, 2) for t in kvl.split(D, dim=-1))  # [B, H, n, C, dh]
-            sl = (q2 @ kl.transpose(-1, -2)).to(acc) * scale                 # [B, H, n, C, C]
-            if self.local_bias is not None:     # by distance t - s; [H, C, 2C] with the lookback
-                lb = toeplitz_lower(self.local_bias.to(acc))[:, -C:]
-                sl = sl + lb[..., -C:][:, None]
+            lb = None
+            if self.local_bias is not None:     # by distance t - s; [H, 1, C, 2C] with the lookback
+                lb = toeplitz_lower(self.local_bias.to(acc))[:, -C:][:, None]
             causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-            sl = sl.masked_fill(~(causal & vmask), float("-inf"))
-            s = torch.cat((s, sl), dim=-1)
+            keys.append(kl)
+            vals.append(vl)
+            local.append((None if lb is None else lb[..., -C:], causal & vmask))
             if self.lookback:   # every valid position of the previous chunk
-                kb, vb = _previous_chunk(kl, dim=2), _previous_chunk(vl, dim=2)
-                sb = (q2 @ kb.transpose(-1, -2)).to(acc) * scale             # [B, H, n, C, C]
-                if self.local_bias is not None:
-                    sb = sb + lb[..., :C][:, None]
-                pmask = _previous_chunk(vmask, dim=2)
-                s = torch.cat((s, sb.masked_fill(~pmask, float("-inf"))), dim=-1)
-        a = torch.softmax(s, dim=-1)
-        if p_drop > 0.0:
-            a = F.dropout(a, p_drop, training=True)
-        parts = a.to(vp.dtype).split([k, C, C][:1 + self.use_local + self.lookback], dim=-1)
-        y = parts[0] @ vp
-        if self.use_local:
-            y = y + parts[1] @ vl
-        if self.lookback:
-            y = y + parts[2] @ vb
+                keys.append(_previous_chunk(kl, dim=2))
+                vals.append(_previous_chunk(vl, dim=2))
+                local.append((None if lb is None else lb[..., :C], _previous_chunk(vmask, dim=2)))
+        attend = _attend_sdpa if self.distribute == "sdpa" else _attend_explicit
+        y = attend(q2, keys, vals, dbias, local, p_drop, scale, acc)         # [B, H, n, C, dh]
         y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
         y = self.output(y, x)
         if not keep:
