@@ -131,6 +131,7 @@ SDPA_CASES = [  # distribute="sdpa": one fused attention call, every option that
     (13, 4, 3, 2, True, None, "count", {"local_lookback": True, "local_position_bias": True,
                                         "output_gate": True}),
     (7, 16, 2, 1, True, "pkm", "items", {"local_lookback": True}),  # one chunk
+    (10, 4, 3, 2, True, None, "count", {"chunk_align": "start", "local_lookback": True}),
 ]
 
 
