@@ -83,6 +83,19 @@ def test_op_count_benchmark_writes_its_table(tmp_path):
     assert "| elastic | 64 | 2 |" in (tmp_path / "ops.md").read_text()
 
 
+def test_chunk_scan_benchmark_writes_its_table(tmp_path):
+    """benchmarks/chunk_scan.py times both scans on one layer; the block matrix issues fewer ops."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chunk_scan", ROOT / "benchmarks" / "chunk_scan.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = mod.measure(L=200, C=8, batch=2, repeats=1)
+    assert row["block matrix"][1] < row["log-depth"][1]
+    assert mod.main(["--points", "40:8", "--repeats", "1", "--out", str(tmp_path / "scan")]) == 0
+    assert "| 40 | 8 | 5 | 102 |" in (tmp_path / "scan.md").read_text()
+
+
 @pytest.mark.parametrize("runs_file", sorted((ROOT / "benchmarks" / "gpu_runs").glob("*.txt")), ids=lambda p: p.name)
 def test_gpu_runs_files_resolve(runs_file):
     """Every line of a RUNS_FILE (gpu_session.sh, phase runs) names a unique run and resolves to a
