@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 import elasticrec.models.layers.dispatcher as lda
+from elasticrec.bench.ops import top_level_ops
 
 
-def log_depth_scan(s: lda.LSEState, dim: int, block: int = 0) -> lda.LSEState:
+def log_depth_scan(s: lda.LSEState, dim: int) -> lda.LSEState:
     """The replaced scan (Hillis-Steele): ``ceil(log2 n)`` rounds of combine_states."""
     n, off = s.m.shape[dim], 1
     while off < n:
@@ -38,12 +39,8 @@ SCANS = {"log-depth": log_depth_scan, "block matrix": lda.inclusive_scan}
 
 
 def ops(layer, x) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        layer(x).sum().backward()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::")
-               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    """All top-level ops (views included) of one forward + backward."""
+    return top_level_ops(lambda: layer(x).sum().backward())[0]
 
 
 def measure(L: int, C: int, batch: int, repeats: int) -> dict:

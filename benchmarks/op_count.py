@@ -24,39 +24,21 @@ import time
 from pathlib import Path
 
 
-# ops that only make a new view of existing memory (no kernel on a GPU); ``reshape`` and ``to``
-# can copy but seldom do in these models, so they are counted as views too
-VIEW_OPS = {f"aten::{n}" for n in (
-    "view", "_unsafe_view", "reshape", "narrow", "slice", "select", "transpose", "permute", "t",
-    "unsqueeze", "squeeze", "expand", "expand_as", "as_strided", "unflatten", "flatten", "detach",
-    "alias", "split", "split_with_sizes", "unbind", "chunk", "view_as", "contiguous", "to",
-    "lift_fresh", "numpy_T", "movedim", "unfold", "diagonal", "real", "_reshape_alias")}
-
-
 def count_ops(model: str, L: int, batch: int, device: str = "cpu") -> dict:
     """Top-level ATen ops (those not called from inside another ATen op) of one training step,
     after one warm-up step; also the forward pass alone."""
-    from torch.profiler import ProfilerActivity, profile
-
     from elasticrec.bench.efficiency import PointSpec, build_point, train_step
+    from elasticrec.bench.ops import top_level_ops as top_level
 
-    from elasticrec.train.trainer import build_optimizer
-
-    cfg, m, _, x, y, ts = build_point(PointSpec(model=model, L=L, batch=batch, device=device), device)
-    opt = build_optimizer(m, cfg, fused=True)   # as on a GPU, whatever the device
+    # the fused AdamW, as the trainer runs it on a GPU, whatever the device
+    cfg, m, opt, x, y, ts = build_point(PointSpec(model=model, L=L, batch=batch, device=device), device,
+                                        fused=True)
 
     def forward():
         return m(x, ts)
 
     def step():
         train_step(m, opt, cfg, x, y, ts)
-
-    def top_level(fn) -> tuple[int, int]:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fn()
-        names = [e.name for e in prof.events() if e.name.startswith("aten::")
-                 and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
-        return len(names), sum(1 for n in names if n not in VIEW_OPS)
 
     step()  # warm-up: lazy state (AdamW moments) is created outside the count
     m.train()

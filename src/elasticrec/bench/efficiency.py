@@ -98,10 +98,11 @@ def _error_note(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
-def build_point(spec: PointSpec, device):
+def build_point(spec: PointSpec, device, fused: bool | None = None):
     """(cfg, model, opt, x, y, ts) of one point: the model of the point's config on ``device``,
-    the trainer's optimizer (fused AdamW on a GPU), random items and targets [batch, L], and
-    increasing timestamps for models that read them (HSTU's time bias; else None)."""
+    the trainer's optimizer (fused AdamW on a GPU; ``fused`` as in ``build_optimizer``), random
+    items and targets [batch, L], and increasing timestamps for models that read them (HSTU's
+    time bias; else None)."""
     import torch
 
     from elasticrec.models import build_model
@@ -110,7 +111,7 @@ def build_point(spec: PointSpec, device):
     cfg = point_config(spec)
     torch.manual_seed(spec.seed)
     model = build_model(cfg.model, spec.n_items).to(device)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg, fused)
     x = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
     y = torch.randint(1, spec.n_items + 1, (spec.batch, spec.L), device=device)
     ts = None
