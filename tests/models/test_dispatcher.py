@@ -279,6 +279,26 @@ def test_valid_none_means_all_valid():
     torch.testing.assert_close(m(x), dispatcher_attention_reference(m, x, None))
 
 
+@pytest.mark.parametrize("align,bias,lookback", [("end", "items", False), ("start", "count", True),
+                                                  ("end", "none", True)])
+def test_a_shared_grid_gives_the_same_outputs_and_gradients(align, bias, lookback):
+    """A model builds the padding masks once per forward (``grid``) and hands them to every
+    layer: the same values and gradients as each layer building its own."""
+    m = _make(11, 4, 3, 2, memory="linear", bias=bias, chunk_align=align, local_lookback=lookback,
+              local_position_bias=True)
+    valid = left_valid(11, [11, 6, 1])
+    x = torch.randn(3, 11, D, dtype=torch.float64, requires_grad=True)
+    own = m(x, valid)
+    (g_own,) = torch.autograd.grad(own.square().sum(), x)
+    shared = m(x, None, m.grid(valid))
+    (g_shared,) = torch.autograd.grad(shared.square().sum(), x)
+    torch.testing.assert_close(shared, own, rtol=0, atol=0)
+    torch.testing.assert_close(g_shared, g_own, rtol=0, atol=0)
+    other = _make(11, 5, 3, 2, bias=bias, chunk_align=align, local_lookback=lookback)
+    with pytest.raises(ValueError, match="grid was built for the settings"):
+        other(x, valid, m.grid(valid))
+
+
 def test_empty_history_is_the_learned_entry():
     """Positions in the first chunk see exactly the empty-history values as dispatchers."""
     m = _make(8, 4, 3, 2, memory=None)

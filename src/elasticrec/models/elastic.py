@@ -62,8 +62,10 @@ class ElasticBlock(nn.Module):
         self.memory = memory if on_tokens else None
         self.norm3 = nn.LayerNorm(d) if on_tokens else None
 
-    def forward(self, x, valid):
-        x = x + self.drop(self.attn(self.norm1(x), valid))
+    def forward(self, x, valid, grid=None):
+        """``grid``: the attention's :meth:`~DispatcherAttention.grid` of ``valid``, shared by
+        the blocks of one forward (None: the attention builds it)."""
+        x = x + self.drop(self.attn(self.norm1(x), valid, grid))
         return self.tail(x, valid)
 
     def tail(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -192,8 +194,9 @@ class Elastic(SequentialRecommender):
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         x, valid = self.embed(items)
+        grid = self.blocks[0].attn.grid(valid)   # the padding masks of every block, built once
         for blk in self.blocks:
-            x = blk(x, valid) * valid[..., None]
+            x = blk(x, valid, grid) * valid[..., None]
         return self.norm(x)
 
     def _make_positions(self) -> nn.Module | None:

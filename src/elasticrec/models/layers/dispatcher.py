@@ -309,6 +309,22 @@ def _shift_back(t: torch.Tensor, first: torch.Tensor, L: int) -> torch.Tensor:
 DISTRIBUTES = ("explicit", "sdpa")
 
 
+class ChunkGrid(NamedTuple):
+    """What a layer's chunked computation derives from the padding mask alone
+    (:meth:`DispatcherAttention.grid`): the same for every layer of a model, so built once per
+    forward. n chunks of C positions on a padded grid of n*C."""
+    key: tuple                   # the settings it was built for (DispatcherAttention.grid_key)
+    valid: torch.Tensor          # [B, L] the caller's mask
+    gvalid: torch.Tensor         # [B, n*C] the mask on the grid
+    n_pad: int                   # end-aligned: positions of padding added in front
+    first: torch.Tensor | None   # start-aligned: each row's first valid position (None: end)
+    counts: torch.Tensor         # [B, n] valid items per chunk
+    vmask: torch.Tensor          # [B, 1, n, 1, C] valid source positions
+    dbias: torch.Tensor | None   # [B, 1, n, 1, 1] dispatcher logit bias (float32), or None
+    local: torch.Tensor | None   # [B, 1, n, C, C] causal & valid local keys (use_local)
+    prev: torch.Tensor | None    # [B, 1, n, 1, C] valid keys of the previous chunk (lookback)
+
+
 def _attend_explicit(q, keys, vals, dbias, local, p_drop, scale, acc):
     """The distribution softmax written out: q [B, H, n, C, dh]; keys / vals: the chunk's
     dispatchers [B, H, n, k, dh], then (with local attention) its own positions and (lookback) the
@@ -488,39 +504,74 @@ class DispatcherAttention(nn.Module):
         return P if self.memory is None else residual_at(P, rows, self.memory)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, D], valid [B, L] bool (None = all valid) -> [B, L, D], zeros at padding."""
-        B, L, D = x.shape
-        if valid is None:
-            valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
+    def grid_key(self) -> tuple:
+        """The settings a :class:`ChunkGrid` depends on (layers with equal keys can share one)."""
+        return (self.C, self.k, self.chunk_align, self.dispatcher_bias, self.use_local,
+                self.lookback)
+
+    def grid(self, valid: torch.Tensor, length: int | None = None) -> ChunkGrid:
+        """The chunk grid of a padding mask valid [B, L] (bool): every mask and bias a layer
+        derives from ``valid`` alone. A model builds it once per forward and passes it to each
+        layer (:meth:`forward`'s ``grid``) instead of each layer building the same masks again.
+        ``length`` (start-aligned only) sets the padded grid length (default: L rounded up to C)."""
         valid = valid.to(torch.bool)
-        pad = (-L) % self.C
+        B, L = valid.shape
+        C, n_pad = self.C, (-L) % self.C
+        first = None
         if self.chunk_align == "end":
-            y = self._chunked(F.pad(x, (0, 0, pad, 0)), F.pad(valid, (pad, 0), value=False))[0]
-            y = y[:, pad:]
+            gvalid = F.pad(valid, (n_pad, 0), value=False)
         else:
             first = first_valid_index(valid)
-            xs = _shift_to_front(x, first, L + pad, 0.0)
-            vs = _shift_to_front(valid, first, L + pad, False)
-            y = _shift_back(self._chunked(xs, vs)[0], first, L)
-        return y.masked_fill(~valid[..., None], 0.0)
+            gvalid = _shift_to_front(valid, first, length or L + n_pad, False)
+        n = gvalid.shape[1] // C
+        counts = gvalid.view(B, n, C).sum(dim=-1)                           # items per chunk
+        vmask = gvalid.view(B, 1, n, 1, C)                   # [B, 1, n, 1, C] over source positions
+        dbias = local = prev = None
+        if self.dispatcher_bias != "none":                                  # items before chunk
+            dbias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts)[:, None, :, None, None]
+        if self.use_local:
+            local = torch.ones(C, C, dtype=torch.bool, device=valid.device).tril() & vmask
+            if self.lookback:   # every valid position of the previous chunk
+                prev = _previous_chunk(vmask, dim=2)
+        return ChunkGrid(self.grid_key(), valid, gvalid, n_pad, first, counts, vmask, dbias,
+                         local, prev)
 
-    def _chunked(self, x: torch.Tensor, valid: torch.Tensor, keep: bool = False):
-        """The chunked computation on a grid starting at position 0: x [B, n*C, D], valid
-        [B, n*C]. Returns (y [B, n*C, D] (garbage at invalid positions), extras): ``extras`` is
-        None unless ``keep``, else a dict with the per-chunk partial states ``part`` and exclusive
-        states ``states`` ([B, H, n, k(, d_h)]), the dispatchers' keys|values ``kvp``
-        [B, n, k, 2D] and the local keys|values ``kvl`` [B, n, C, 2D] (None without local)."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None,
+                grid: ChunkGrid | None = None) -> torch.Tensor:
+        """x [B, L, D], valid [B, L] bool (None = all valid) -> [B, L, D], zeros at padding.
+        ``grid``: :meth:`grid` of ``valid``, when the caller has it already (``valid`` is then
+        not read)."""
+        B, L, D = x.shape
+        if grid is None:
+            if valid is None:
+                valid = torch.ones(B, L, dtype=torch.bool, device=x.device)
+            grid = self.grid(valid)
+        elif grid.key != self.grid_key():
+            raise ValueError(f"this grid was built for the settings {grid.key}, not this "
+                             f"layer's {self.grid_key()}")
+        if grid.first is None:
+            y = self._chunked(F.pad(x, (0, 0, grid.n_pad, 0)), grid)[0][:, grid.n_pad:]
+        else:
+            xs = _shift_to_front(x, grid.first, grid.gvalid.shape[1], 0.0)
+            y = _shift_back(self._chunked(xs, grid)[0], grid.first, L)
+        return y.masked_fill(~grid.valid[..., None], 0.0)
+
+    def _chunked(self, x: torch.Tensor, grid: ChunkGrid, keep: bool = False):
+        """The chunked computation on a grid starting at position 0: x [B, n*C, D] and its
+        :class:`ChunkGrid`. Returns (y [B, n*C, D] (garbage at invalid positions), extras):
+        ``extras`` is None unless ``keep``, else a dict with the per-chunk partial states ``part``
+        and exclusive states ``states`` ([B, H, n, k(, d_h)]), the dispatchers' keys|values
+        ``kvp`` [B, n, k, 2D] and the local keys|values ``kvl`` [B, n, C, 2D] (None without
+        local)."""
         B, Lp, D = x.shape
         C, dh, k = self.C, self.dh, self.k
         n = Lp // C
-        vmask = valid.view(B, 1, n, 1, C)                    # [B, 1, n, 1, C] over source positions
+        valid, counts, vmask = grid.gvalid, grid.counts, grid.vmask
         scale = 1.0 / math.sqrt(dh)
         p_drop = self.dropout if self.training else 0.0
         acc = accumulation_dtype(x.dtype)
 
         # ---- aggregate: packed dispatchers per chunk, exclusive by chunk (fp32 accumulation)
-        counts = valid.view(B, n, C).sum(dim=-1)                              # items per chunk
         # (split, not two slices: one backward op instead of a zero-filled gradient per slice)
         k1, v1 = (self._heads(t) for t in self.agg_kv(x).view(B, n, C, 2 * D).split(D, dim=-1))
         if self.query_memory is not None:   # chunk c's queries from chunk c-1's mean input
@@ -550,10 +601,7 @@ class DispatcherAttention(nn.Module):
         q2 = self._heads(self.q(x).view(B, n, C, D)).transpose(1, 2)          # [B, H, n, C, dh]
         kvp = self.disp_kv(P)
         kp, vp = (self._heads(t).transpose(1, 2) for t in kvp.split(D, dim=-1))  # [B, H, n, k, dh]
-        dbias = None
-        if self.dispatcher_bias != "none":                                  # items before chunk
-            dbias = self.dispatcher_logit_bias(counts.cumsum(dim=1) - counts).to(acc)
-            dbias = dbias[:, None, :, None, None]                           # [B, 1, n, 1, 1]
+        dbias = None if grid.dbias is None else grid.dbias.to(acc)          # [B, 1, n, 1, 1]
         keys, vals, local = [kp], [vp], []   # local: (logit bias or None, allowed) per extra block
         if self.use_local:
             kvl = self.local_kv_proj(x).view(B, n, C, 2 * D)
@@ -561,14 +609,13 @@ class DispatcherAttention(nn.Module):
             lb = None
             if self.local_bias is not None:     # by distance t - s; [H, 1, C, 2C] with the lookback
                 lb = toeplitz_lower(self.local_bias.to(acc))[:, -C:][:, None]
-            causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
             keys.append(kl)
             vals.append(vl)
-            local.append((None if lb is None else lb[..., -C:], causal & vmask))
+            local.append((None if lb is None else lb[..., -C:], grid.local))
             if self.lookback:   # every valid position of the previous chunk
                 keys.append(_previous_chunk(kl, dim=2))
                 vals.append(_previous_chunk(vl, dim=2))
-                local.append((None if lb is None else lb[..., :C], _previous_chunk(vmask, dim=2)))
+                local.append((None if lb is None else lb[..., :C], grid.prev))
         attend = _attend_sdpa if self.distribute == "sdpa" else _attend_explicit
         y = attend(q2, keys, vals, dbias, local, p_drop, scale, acc)         # [B, H, n, C, dh]
         y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, D)                    # heads merged
@@ -713,12 +760,11 @@ class DispatcherAttention(nn.Module):
         B, L, D = x.shape
         C = self.C
         valid = valid.to(torch.bool)
-        first = first_valid_index(valid)
+        grid = self.grid(valid, (L // C + 1) * C)   # always room for the open chunk, even empty
+        first = grid.first
         count = L - first                                                   # items per row
-        length = (L // C + 1) * C        # always room for the open chunk, even when it is empty
-        xs = _shift_to_front(x, first, length, 0.0)
-        vs = _shift_to_front(valid, first, length, False)
-        ys, ex = self._chunked(xs, vs, keep=True)
+        xs = _shift_to_front(x, first, grid.gvalid.shape[1], 0.0)
+        ys, ex = self._chunked(xs, grid, keep=True)
         y = _shift_back(ys, first, L).masked_fill(~valid[..., None], 0.0)
         rows, c = torch.arange(B, device=x.device), count // C              # open chunk index
         closed = LSEState(*(t[rows, :, c] for t in ex["states"]))
