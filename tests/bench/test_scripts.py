@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.sh"))
 
 
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shell_script_parses(script):
     if shutil.which("bash") is None:
@@ -70,12 +79,9 @@ def test_amp_cpu_benchmark_writes_its_table(tmp_path):
 def test_op_count_benchmark_writes_its_table(tmp_path):
     """benchmarks/op_count.py counts a training step's ops; ELASTIC issues more than SASRec (the
     reason it is launch-bound on a GPU) and the table is written."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("op_count", ROOT / "benchmarks" / "op_count.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_benchmark("op_count")
     assert mod.main(["--models", "elastic,sasrec", "--lengths", "64", "--batch-tokens", "128",
                      "--out", str(tmp_path / "ops")]) == 0
     rows = {r["model"]: r for r in json.loads((tmp_path / "ops.json").read_text())["rows"]}
@@ -85,11 +91,8 @@ def test_op_count_benchmark_writes_its_table(tmp_path):
 
 def test_chunk_scan_benchmark_writes_its_table(tmp_path):
     """benchmarks/chunk_scan.py times both scans on one layer; the block matrix issues fewer ops."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("chunk_scan", ROOT / "benchmarks" / "chunk_scan.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_benchmark("chunk_scan")
     row = mod.measure(L=200, C=8, batch=2, repeats=1)
     assert row["block matrix"][1] < row["log-depth"][1]
     assert mod.main(["--points", "40:8", "--repeats", "1", "--out", str(tmp_path / "scan")]) == 0
@@ -115,3 +118,36 @@ def test_gpu_runs_files_resolve(runs_file):
         sets = [v for k, v in zip(args[::2], args[1::2]) if k == "--set"]
         load_config(ROOT / opts["--config"], sets)
     assert names and len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("shift", [0, 1, 3])
+def test_chunk_phase_shift_is_the_models_own_output_earlier_in_a_chunk(shift):
+    """benchmarks/chunk_phase.py moves the grid by `shift`: the last item's output is then exactly
+    what the unshifted model gives that item when `shift` more items follow it (causality and
+    end alignment), with a position encoding that does not count from the end."""
+    import torch
+
+    from elasticrec.config import ElasticConfig, ModelConfig
+    from elasticrec.models import build_model
+
+    mod = _load_benchmark("chunk_phase")
+    cfg = ModelConfig(name="elastic", max_len=40, d_model=16, n_layers=2, n_heads=2, dropout=0.0,
+                      pos_encoding="none",
+                      elastic=ElasticConfig(n_dispatchers=3, chunk_size=4, dispatcher_bias="items",
+                                            output_gate=True))
+    torch.manual_seed(0)
+    model = build_model(cfg, n_items=50).eval()
+    items = torch.randint(1, 51, (3, 21))
+    items[1, :6] = 0                                     # left padding
+    longer = torch.cat([items, torch.randint(1, 51, (3, shift))], dim=1)
+    with torch.no_grad():
+        expected = model.encode(longer)[:, items.shape[1] - 1]
+        mod.shift_grid(model, shift)
+        got = model.encode(items)[:, -1]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    if shift:
+        with torch.no_grad():
+            mod.shift_grid(model, 0)
+            assert not torch.allclose(model.encode(items)[:, -1], got)
+    with pytest.raises(ValueError, match="shift must be in"):
+        mod.shift_grid(model, 4)
