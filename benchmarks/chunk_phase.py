@@ -44,11 +44,7 @@ def shift_grid(model, shift: int) -> None:
     def encode(self, items, timestamps=None):
         x, valid = self.embed(items)
         L = x.shape[1]
-        x, valid = F.pad(x, (0, 0, 0, shift)), F.pad(valid, (0, shift), value=False)
-        grid = self.blocks[0].attn.grid(valid)
-        for blk in self.blocks:
-            x = blk(x, valid, grid) * valid[..., None]
-        return self.norm(x[:, :L])
+        return self.run_blocks(F.pad(x, (0, 0, 0, shift)), F.pad(valid, (0, shift), value=False))[:, :L]
 
     model.encode = types.MethodType(encode, model)
 
@@ -119,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(rows, meta, stages))
-    print(to_markdown(rows, meta, stages))
+    table = to_markdown(rows, meta, stages)
+    out.with_suffix(".md").write_text(table)
+    print(table)
     return 0
 
 

@@ -193,7 +193,11 @@ class Elastic(SequentialRecommender):
         return out
 
     def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
-        x, valid = self.embed(items)
+        return self.run_blocks(*self.embed(items))
+
+    def run_blocks(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The blocks and the final norm on embedded inputs x [B, L, D] with padding mask valid
+        [B, L] (what :meth:`encode` runs after :meth:`embed`)."""
         grid = self.blocks[0].attn.grid(valid)   # the padding masks of every block, built once
         for blk in self.blocks:
             x = blk(x, valid, grid) * valid[..., None]
