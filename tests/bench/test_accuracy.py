@@ -87,6 +87,13 @@ def test_ml1m_large_uses_the_variant_presets():
     assert "configs/ml-1m/large/hstu.yaml" in cmd and "--dataset ml-1m " in cmd
 
 
+def test_ml1m_tuned_uses_each_models_chosen_rate():
+    jobs, notes = acc.plan(["ml-1m-tuned"], ["elastic", "sasrec", "hstu"], [42], acc.Path("runs"))
+    assert [j.name for j in jobs] == ["ml-1m-tuned-elastic-s42", "ml-1m-tuned-sasrec-s42"]
+    assert notes == ["ml-1m-tuned / hstu: no preset configs/ml-1m/tuned/hstu.yaml; skipped"]
+    assert "configs/ml-1m/tuned/elastic.yaml" in " ".join(acc.train_command(jobs[0], 1, 300, None, None, resume=False))
+
+
 def test_long_synthetic_dataset_and_commands():
     (job,), _ = acc.plan(["synthetic-4096"], ["elastic"], [42], acc.Path("runs"))
     cmd = " ".join(acc.train_command(job, 2, 300, 5, "cuda", resume=False))

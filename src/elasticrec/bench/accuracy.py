@@ -68,6 +68,9 @@ DATASETS: dict[str, BenchDataset] = {
                                "events); the ML-1M presets otherwise"),
     "ml-1m-large": BenchDataset("ml-1m", (), "MovieLens-1M, L=200, 8 layers, cosine scores, output gate "
                                 "(configs/ml-1m/large/: HSTU at HSTU-large's size)", variant="large"),
+    "ml-1m-tuned": BenchDataset("ml-1m", (), "MovieLens-1M, L=200, 2 layers, cosine scores, output gate, each "
+                                "model at the learning rate ML-1M validation picked (configs/ml-1m/tuned/)",
+                                variant="tuned"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
