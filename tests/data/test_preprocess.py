@@ -91,13 +91,14 @@ def test_empty_raises():
         preprocess(_inter([], []), PreprocessOptions())
 
 
-def test_large_vectorised_fast():
-    import time
-
+def test_large_log_iterative_kcore():
+    """Two million events (the scale the vectorised path exists for): the iterative 5-core holds
+    for users and items, no event is invented, and each user's events stay in time order. No
+    wall-clock assertion: speed belongs in benchmarks, and a loaded CI machine would flake."""
     rng = np.random.default_rng(0)
     n = 2_000_000
     it = _inter(rng.integers(0, 50_000, n), rng.integers(0, 20_000, n), ts=rng.integers(0, 10**6, n))
-    t = time.perf_counter()
     d = preprocess(it, PreprocessOptions(min_item_count=5, min_user_count=5, kcore_iterative=True))
-    assert time.perf_counter() - t < 10
+    assert 0 < d.items.size <= n and d.lengths.min() >= 5
+    assert np.bincount(d.items, minlength=d.n_items + 1)[1:].min() >= 5
     assert np.all(np.diff(d.timestamps)[np.diff(np.repeat(np.arange(d.n_users), d.lengths)) == 0] >= 0)
