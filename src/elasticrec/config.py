@@ -176,6 +176,12 @@ class TrainConfig:
     # most recent max_len+1 items per user) | all (every training item is a target once per
     # epoch, more samples) | random (one window per user, end drawn anew every epoch)
     windows: str = "last"
+    # how samples become batches (elasticrec.train.batches): padded (every row left-padded to
+    # max_len) | trimmed (same batches cut to their longest window: same model, fewer columns) |
+    # bucketed (samples sorted by length within pools of bucket_pool batches, then trimmed: much
+    # cheaper when most histories are shorter than max_len, e.g. ML-1M at max_len 1000)
+    batching: str = "padded"
+    bucket_pool: int = 16
     # what training may see: train (the validation item is held out for model selection and
     # early stopping) | train+valid (a refit: train also on each user's validation item, for
     # exactly `epochs` epochs, no validation, test scored with the final weights; take the epoch
@@ -222,6 +228,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.hstu.attn_norm": ("max_len", "causal"),
     "train.schedule": ("constant", "cosine"),
     "train.windows": ("last", "all", "random"),
+    "train.batching": ("padded", "trimmed", "bucketed"),
     "train.fit": ("train", "train+valid"),
     "train.loss": ("ce", "sampled", "bce"),
     "train.negatives_per": ("batch", "position"),

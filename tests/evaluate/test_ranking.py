@@ -136,3 +136,16 @@ def test_shorter_window_and_refusal_of_learned_positions(cyclic_data):
         ev0.ranks(hstu, "test", users)
     with pytest.raises(ConfigError, match="history_len must be"):
         Evaluator(d, EvalConfig(history_len=-1), max_len=12)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "elastic", "hstu", "linrec"])
+def test_trimmed_evaluation_batches_equal_each_user_alone(cyclic_data, name):
+    """The evaluator sorts users by length and cuts each batch to its longest history (histories
+    of 7-19 items, max_len 64 here): the ranks equal those of each user run alone, unpadded."""
+    d = cyclic_data
+    _, model = _tiny(name, max_len=64)
+    users = d.eval_users("test")[::-1][:40]
+    ev = Evaluator(d, EvalConfig(ks=[10], batch_size=7), max_len=64)
+    np.testing.assert_array_equal(ev.ranks(model, "test", users), _direct_ranks(d, model, users, 64))
+    x, *_ = build_eval_batch(d, users[:7], "test", max_len=64, trim=True)
+    assert x.shape[1] == 32 and x.shape[1] < 64  # 19 at most, rounded up to a multiple of 16

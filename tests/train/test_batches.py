@@ -127,3 +127,52 @@ def test_refit_trains_on_the_validation_item_never_the_test_item(windows):
     assert not set().union(*[set(y[y > 0].tolist()) for _, y, _, _ in epoch(plain)]) & valid_items
     with pytest.raises(ValueError, match="train.fit"):
         TrainSequences(data, L, fit="test")
+
+
+@pytest.mark.parametrize("windows", ["last", "all", "random"])
+def test_bucketed_epoch_holds_every_sample_once_in_length_sorted_pools(windows):
+    """train.batching=bucketed: the epoch's samples are those of the plain shuffle (each once),
+    in as many batches, each sorted by window length (its pool was)."""
+    data = position_data(lengths=(3, 4, 9, 25, 40, 6, 12, 30, 5, 18, 22, 7, 11))
+    ts = TrainSequences(data, 8, windows=windows)
+    bs, pool = 2, 3
+    plain = list(ts.epoch_batches(bs, np.random.default_rng(1)))
+    bucketed = list(ts.epoch_batches(bs, np.random.default_rng(1), bucket_pool=pool))
+    key = lambda us, es: sorted(zip(us.tolist(), es.tolist()))  # noqa: E731
+    flat = lambda bb: key(np.concatenate([u for u, _ in bb]), np.concatenate([e for _, e in bb]))  # noqa: E731
+    if windows != "random":  # random ends are drawn after the shuffle: same samples, other ends
+        assert flat(bucketed) == flat(plain)
+    assert len(bucketed) == len(plain) and sum(len(u) for u, _ in bucketed) == len(ts)
+    lens = [ts.window_lengths(u, e) for u, e in bucketed]
+    assert all(np.all(np.diff(x) >= 0) for x in lens)  # sorted inside each batch
+    with pytest.raises(ValueError, match="bucket_pool"):
+        next(ts.epoch_batches(bs, np.random.default_rng(1), bucket_pool=0))
+
+
+def test_bucketed_batches_are_shorter_and_within_a_pool_ordered():
+    data = position_data(lengths=tuple(range(3, 43)))
+    ts = TrainSequences(data, 32)
+    bs = 4
+    batches = list(ts.epoch_batches(bs, np.random.default_rng(0), bucket_pool=len(ts)))  # one pool
+    spans = sorted((int(ts.window_lengths(u, e).min()), int(ts.window_lengths(u, e).max())) for u, e in batches)
+    for (lo1, hi1), (lo2, hi2) in zip(spans, spans[1:]):
+        assert hi1 <= lo2  # one pool sorted by length: batches cover disjoint length ranges
+    plain = list(ts.epoch_batches(bs, np.random.default_rng(0)))
+    width = lambda bb: sum(ts.width(u, e) * len(u) for u, e in bb)  # noqa: E731
+    assert width(batches) < width(plain) <= len(ts) * 32
+
+
+def test_trimmed_batch_is_the_padded_batch_without_its_empty_columns():
+    data = position_data()
+    ts = TrainSequences(data, 40)
+    users = ts.users[:2]  # training histories of 2 and 7 items: windows of 1 and 6 inputs
+    w = ts.width(users)
+    assert w == 16 and ts.width(ts.users) == 40  # rounded up to a multiple of 16, at most L
+    x, y = ts.batch(users)
+    xt, yt = ts.batch(users, width=w)
+    np.testing.assert_array_equal(xt, x[:, -w:])
+    np.testing.assert_array_equal(yt, y[:, -w:])
+    assert not x[:, :-w].any() and not y[:, :-w].any()
+    np.testing.assert_array_equal(ts.batch_timestamps(users, width=w), ts.batch_timestamps(users)[:, -w:])
+    with pytest.raises(ValueError, match="longest window"):
+        ts.batch(ts.users, width=16)

@@ -295,3 +295,35 @@ def test_cpu_has_native_bf16_answers():
     from elasticrec.utils import cpu_has_native_bf16
 
     assert isinstance(cpu_has_native_bf16(), bool)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "elastic"])
+def test_trimmed_batches_train_the_same_model_as_padded_ones(cyclic_data, tmp_path, model):
+    """train.batching=trimmed cuts each batch to its longest window; the models ignore left
+    padding, so without dropout two epochs end with the same weights as padded batches."""
+    weights = []
+    for batching in ("padded", "trimmed"):
+        cfg = merge(small_cfg(tmp_path / batching, epochs=2, batching=batching),
+                    {"model": {"name": model, "max_len": 48,
+                               "elastic": {"chunk_size": 4, "n_dispatchers": 3}}})
+        tr = Trainer(cfg, data=cyclic_data)
+        tr.fit()
+        weights.append(torch.cat([p.detach().flatten() for p in tr.model.parameters()]))
+    # atol 1e-4: the key bias's true gradient is 0 (a softmax ignores a shift shared by all keys),
+    # so Adam turns float noise of either shape into steps of up to lr on it
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-4)
+
+
+def test_bucketed_batches_learn_and_keep_the_epoch_size(cyclic_data, tmp_path):
+    cfg = small_cfg(tmp_path, batching="bucketed", bucket_pool=2, epochs=4)
+    tr = Trainer(cfg, data=cyclic_data)
+    res = tr.fit()
+    assert res["HR@10"] > 0.5, res
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 4 * tr.steps_per_epoch
+    from elasticrec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bucket_pool"):
+        Trainer(small_cfg(tmp_path / "bad", batching="bucketed", bucket_pool=0), data=cyclic_data)
+    with pytest.raises(ConfigError, match="batching"):
+        small_cfg(tmp_path / "bad2", batching="sorted")

@@ -19,6 +19,13 @@ import numpy as np
 
 _CUT = {"train": 2, "valid": 2, "test": 1, "train+valid": 1}  # items hidden from each stage's history
 FIT_STAGES = ("train", "train+valid")  # what a model may train on (train.fit)
+TRIM_MULTIPLE = 16  # a trimmed batch's width is rounded up to a multiple of this (fewer shapes)
+
+
+def trimmed_width(longest: int, cap: int) -> int:
+    """Columns a left-padded batch whose longest row holds ``longest`` items needs: rounded up to
+    a multiple of ``TRIM_MULTIPLE``, at least one multiple, never more than ``cap``."""
+    return min(cap, -(-max(int(longest), 1) // TRIM_MULTIPLE) * TRIM_MULTIPLE)
 
 
 @dataclass

@@ -14,18 +14,23 @@ import numpy as np
 import torch
 
 from elasticrec.config import ConfigError, EvalConfig
-from elasticrec.data.sequences import SequenceData
+from elasticrec.data.sequences import SequenceData, trimmed_width
 from elasticrec.evaluate.metrics import metrics_from_ranks
 
 
-def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int | None):
+def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int | None,
+                     trim: bool = False):
     """Left-padded inputs [B, W], targets [B], and (row, item) pairs of full histories. Each row
     holds the last ``max_len`` history items, W = max_len; ``None``: the whole history, W = the
-    batch's longest."""
+    batch's longest. ``trim``: W = the batch's longest window rounded up to a multiple of 16 (at
+    most max_len); every model ignores left padding, so only the work changes."""
     B = len(users)
     ends = [data.split_end(int(u), stage) for u in users]
+    longest = max([e - int(data.offsets[u]) for u, e in zip(users, ends)] + [1])
     if max_len is None:
-        max_len = max([e - int(data.offsets[u]) for u, e in zip(users, ends)] + [1])
+        max_len = longest
+    elif trim:
+        max_len = trimmed_width(longest, max_len)
     inputs = np.zeros((B, max_len), dtype=np.int64)
     targets = np.zeros(B, dtype=np.int64)
     hist_rows, hist_items = [], []
@@ -106,7 +111,9 @@ class Evaluator:
         users = np.asarray(users)
         self.check_model(model, stage, users)
         order = np.arange(len(users))
-        if self.window is None:   # whole histories: batch users of similar length (less padding)
+        # batch users of similar length and cut each batch to its longest history (less padding;
+        # the sampled protocol keeps the user order, which its negatives' random stream follows)
+        if self.window is None or self.cfg.protocol == "full":
             order = np.argsort(self.data.history_lengths(stage)[users], kind="stable")
         was_training = model.training
         model.eval()
@@ -125,7 +132,7 @@ class Evaluator:
         return ranks
 
     def _rank_batch(self, model, users, stage, rng) -> np.ndarray:
-        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.window)
+        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.window, trim=True)
         dev = self.device
         x = torch.from_numpy(inputs).to(dev)
         if getattr(model, "uses_timestamps", False) and self.data.timestamps is not None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elasticrec.config import ExperimentConfig, save_config
+from elasticrec.config import ConfigError, ExperimentConfig, save_config
 from elasticrec.evaluate import Evaluator
 from elasticrec.evaluate.significance import ranks_meta, ranks_path, save_ranks
 from elasticrec.models import build_model
@@ -121,6 +121,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.seqs = TrainSequences(self.data, cfg.model.max_len, t.windows, t.fit)
+        if t.bucket_pool < 1:
+            raise ConfigError(f"train.bucket_pool must be >= 1 (batches sorted together), got {t.bucket_pool}")
         self.refit = t.fit != "train"  # the validation item is a training target: never validate
         # models that read timestamps get them when the data has them (else they run without)
         self.use_timestamps = self.model.uses_timestamps and self.data.timestamps is not None
@@ -251,12 +253,14 @@ class Trainer:
         bar.update(start)
         stopped = None
         world = self.dist.world
-        batches = self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world)
+        batches = self.seqs.epoch_batches(t.batch_size, rng, self.dist.rank, world,
+                                          t.bucket_pool if t.batching == "bucketed" else None)
         pending = None  # (this step's mean loss, still on the device; its step number)
         for users, ends in itertools.islice(batches, start, None):
             if not len(users):  # short last global batch: this rank runs one masked sample
                 users, ends = self.seqs.users[:1], None
-            inputs, targets = self.seqs.batch(users, ends)
+            width = None if t.batching == "padded" else self.seqs.width(users, ends)
+            inputs, targets = self.seqs.batch(users, ends, width)
             if ends is None:
                 targets[:] = 0
             n_tok = dist.all_sum(torch.tensor([float((targets > 0).sum())]), self.dist)[0]  # counted on the host
@@ -264,7 +268,7 @@ class Trainer:
             y = torch.from_numpy(targets).to(self.device, non_blocking=True)
             ts = None
             if self.use_timestamps:
-                ts = torch.from_numpy(self.seqs.batch_timestamps(users, ends))
+                ts = torch.from_numpy(self.seqs.batch_timestamps(users, ends, width))
                 ts = ts.to(self.device, non_blocking=True)
             ctx = torch.autocast("cuda" if self.device.type == "cuda" else "cpu", dtype=torch.bfloat16) \
                 if self.amp else contextlib.nullcontext()
