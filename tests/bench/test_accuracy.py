@@ -92,6 +92,9 @@ def test_ml1m_tuned_uses_each_models_chosen_rate():
     assert [j.name for j in jobs] == ["ml-1m-tuned-elastic-s42", "ml-1m-tuned-sasrec-s42"]
     assert notes == ["ml-1m-tuned / hstu: no preset configs/ml-1m/tuned/hstu.yaml; skipped"]
     assert "configs/ml-1m/tuned/elastic.yaml" in " ".join(acc.train_command(jobs[0], 1, 300, None, None, resume=False))
+    jobs, _ = acc.plan(["ml-1m-long"], ["elastic", "sasrec"], [42], acc.Path("runs"))
+    assert [j.name for j in jobs] == ["ml-1m-long-elastic-s42", "ml-1m-long-sasrec-s42"]
+    assert "configs/ml-1m/long/sasrec.yaml" in " ".join(acc.train_command(jobs[1], 1, 300, None, None, resume=False))
 
 
 def test_long_synthetic_dataset_and_commands():

@@ -71,6 +71,8 @@ DATASETS: dict[str, BenchDataset] = {
     "ml-1m-tuned": BenchDataset("ml-1m", (), "MovieLens-1M, L=200, 2 layers, cosine scores, output gate, each "
                                 "model at the learning rate ML-1M validation picked (configs/ml-1m/tuned/)",
                                 variant="tuned"),
+    "ml-1m-long": BenchDataset("ml-1m", (), "MovieLens-1M at L=1000 with length-bucketed batches, otherwise "
+                               "ml-1m-tuned (configs/ml-1m/long/)", variant="long"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
