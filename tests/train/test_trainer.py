@@ -321,6 +321,10 @@ def test_bucketed_batches_learn_and_keep_the_epoch_size(cyclic_data, tmp_path):
     assert res["HR@10"] > 0.5, res
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 4 * tr.steps_per_epoch
+    # each step's loss sum is divided by the epoch's mean target tokens per batch, not its own
+    n_targets = sum(min(len(cyclic_data.sequence(int(u))) - 3, 16) for u in tr.seqs.users)  # L = 16
+    assert tr.tokens_per_batch == pytest.approx(n_targets / tr.steps_per_epoch)
+    assert Trainer(small_cfg(tmp_path / "padded"), data=cyclic_data).tokens_per_batch is None
     from elasticrec.config import ConfigError
 
     with pytest.raises(ConfigError, match="bucket_pool"):

@@ -26,6 +26,8 @@ How an epoch's samples become tensors is ``train.batching``:
   length inside that pool, cut into batches, and the batches of the epoch shuffled; then trimmed.
   On ML-1M at L = 1000 this trains on about 1.2 million columns per epoch instead of 6 million
   (and at L = 200 on 0.7 instead of 1.2 million), at the price of batches of similar lengths.
+  The trainer then divides each step's loss sum by the epoch's mean tokens per batch, not by the
+  batch's own, so that every target token keeps the same weight.
 """
 
 from __future__ import annotations

@@ -123,6 +123,14 @@ class Trainer:
         self.seqs = TrainSequences(self.data, cfg.model.max_len, t.windows, t.fit)
         if t.bucket_pool < 1:
             raise ConfigError(f"train.bucket_pool must be >= 1 (batches sorted together), got {t.bucket_pool}")
+        # bucketed batches hold from a few to L target tokens per row: dividing each step's loss by
+        # its own token count would weigh a token of a short-history batch far above one of a long-
+        # history batch. Divide by the epoch's mean tokens per batch instead, so every token weighs
+        # the same, as it does (in expectation) in shuffled batches.
+        self.tokens_per_batch = None
+        if t.batching == "bucketed":
+            n_targets = float(self.seqs.window_lengths(self.seqs.sample_users, self.seqs.sample_ends).sum())
+            self.tokens_per_batch = n_targets / math.ceil(len(self.seqs) / t.batch_size)
         self.refit = t.fit != "train"  # the validation item is a training target: never validate
         # models that read timestamps get them when the data has them (else they run without)
         self.use_timestamps = self.model.uses_timestamps and self.data.timestamps is not None
@@ -276,7 +284,8 @@ class Trainer:
                 h = self.net(x) if ts is None else self.net(x, ts)
                 loss_sum = next_item_loss(self.model, h, y, t, self.log_q, reduction="sum")
             # mean over the *global* batch's target tokens (DDP averages gradients over ranks)
-            loss = loss_sum * world / n_tok.clamp(min=1.0)
+            norm = n_tok.clamp(min=1.0) if self.tokens_per_batch is None else self.tokens_per_batch
+            loss = loss_sum * world / norm
             global_sum = dist.all_sum(loss_sum.detach().float().reshape(1), self.dist)[0]
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
