@@ -87,6 +87,12 @@ def test_ml1m_large_uses_the_variant_presets():
     assert "configs/ml-1m/large/hstu.yaml" in cmd and "--dataset ml-1m " in cmd
 
 
+def test_sports_tuned_uses_each_models_chosen_rate():
+    jobs, _ = acc.plan(["sports-tuned"], ["elastic", "sasrec"], [42], acc.Path("runs"))
+    assert [j.name for j in jobs] == ["sports-tuned-elastic-s42", "sports-tuned-sasrec-s42"]
+    assert "configs/sports/tuned/sasrec.yaml" in " ".join(acc.train_command(jobs[1], 1, 300, None, None, resume=False))
+
+
 def test_ml1m_tuned_uses_each_models_chosen_rate():
     jobs, notes = acc.plan(["ml-1m-tuned"], ["elastic", "sasrec", "hstu"], [42], acc.Path("runs"))
     assert [j.name for j in jobs] == ["ml-1m-tuned-elastic-s42", "ml-1m-tuned-sasrec-s42"]

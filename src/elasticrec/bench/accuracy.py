@@ -73,6 +73,9 @@ DATASETS: dict[str, BenchDataset] = {
                                 variant="tuned"),
     "ml-1m-long": BenchDataset("ml-1m", (), "MovieLens-1M at L=1000 with length-bucketed batches, otherwise "
                                "ml-1m-tuned (configs/ml-1m/long/)", variant="long"),
+    "sports-tuned": BenchDataset("sports", (), "Amazon Sports, L=50, cosine scores, ELASTIC with the memory off, "
+                                 "each model at the learning rate Sports validation picked, 10 epochs "
+                                 "(configs/sports/tuned/)", variant="tuned"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
