@@ -115,6 +115,9 @@ class SASRecConfig:
     # like-for-like baseline): gate the attention output by SiLU(W_u x + b_u), layer-normalise it first
     output_gate: bool = False
     output_norm: bool = False
+    # [ours] learned key/value pairs every position attends to beside its history (an attention
+    # sink), as ELASTIC's k empty-history dispatchers are for a position with no earlier chunk
+    null_kv: int = 0
 
 
 @dataclass

@@ -24,7 +24,7 @@ def test_registry_lists_models():
 GATED = {"output_gate": True, "output_norm": True}
 
 
-@pytest.mark.parametrize("opts", [{}, {"output_gate": True}, GATED])
+@pytest.mark.parametrize("opts", [{}, {"output_gate": True}, GATED, {"null_kv": 3}])
 @pytest.mark.parametrize("with_padding", [False, True])
 def test_sdpa_equals_reference(with_padding, opts):
     torch.manual_seed(0)
@@ -129,10 +129,13 @@ def _sasrec_cfg(**sasrec):
     return {"sasrec": SASRecConfig(**sasrec)}
 
 
+@pytest.mark.parametrize("opts", [GATED, {"null_kv": 4}])
 @pytest.mark.parametrize("name", ["sasrec", "sasrec-explicit"])
-def test_gated_sasrec_has_no_future_leakage_and_ignores_padding(name):
-    m = _model(name, **_sasrec_cfg(**GATED))
-    assert all(b.attn.gate is not None and b.attn.output_norm for b in m.blocks)
+def test_gated_sasrec_has_no_future_leakage_and_ignores_padding(name, opts):
+    m = _model(name, **_sasrec_cfg(**opts))
+    for b in m.blocks:
+        assert (b.attn.gate is not None) == opts.get("output_gate", False)
+        assert b.attn.null_kv == opts.get("null_kv", 0)
     items = torch.randint(1, 51, (2, 24))
     items[1, :5] = 0
     assert_no_gradient_from_future(m, items, 13)
@@ -163,3 +166,36 @@ def test_output_norm_normalises_each_position():
     y = attn(torch.randn(2, 9, 16))
     torch.testing.assert_close(y.mean(-1), torch.zeros(2, 9), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(2, 9), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_null_kv_is_one_softmax_over_learned_pairs_and_the_history(explicit):
+    """Position t attends to the n learned pairs and the valid items s <= t in one softmax:
+    checked against that formula written out per position (one head, identity output)."""
+    torch.manual_seed(3)
+    d, n, L = 8, 3, 7
+    attn = CausalSelfAttention(d, 1, null_kv=n, explicit=explicit).eval()
+    with torch.no_grad():
+        attn.out.weight.copy_(torch.eye(d))
+        attn.out.bias.zero_()
+        attn.null_k.normal_()  # large enough to matter
+        attn.null_v.normal_()
+    x = torch.randn(2, L, d)
+    valid = torch.ones(2, L, dtype=torch.bool)
+    valid[1, :4] = False
+    y = attn(x, valid)
+    q, k, v = attn.qkv(x).split(d, -1)
+    for b in range(2):
+        for t in range(L):
+            if not valid[b, t]:
+                continue
+            keys = torch.cat([attn.null_k[0], k[b, : t + 1][valid[b, : t + 1]]])
+            vals = torch.cat([attn.null_v[0], v[b, : t + 1][valid[b, : t + 1]]])
+            w = torch.softmax(keys @ q[b, t] / d ** 0.5, 0)
+            torch.testing.assert_close(y[b, t], w @ vals, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(y[0, 0], v[0, 0], atol=1e-3)  # the first item no longer gets all the weight
+
+
+def test_null_kv_rejects_a_negative_count():
+    with pytest.raises(ValueError, match="null_kv"):
+        CausalSelfAttention(8, 1, null_kv=-1)

@@ -4,6 +4,8 @@ Attention runs through PyTorch's fused ``scaled_dot_product_attention``; ``expli
 switches to the L x L matrix form used by RecBole / the original code (efficiency baseline).
 ``model.sasrec.output_gate`` / ``output_norm`` [ours] add HSTU's output gate and norm, the same
 options ELASTIC has, so a gain from them can be told apart from a gain of ELASTIC's attention.
+``model.sasrec.null_kv`` [ours] gives every layer that many learned key/value pairs every position
+attends to (an attention sink), as ELASTIC's empty-history dispatchers are for a short history.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from elasticrec.models.layers.common import FeedForward
 
 class TransformerBlock(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, explicit: bool, rotary: bool,
-                 output_gate: bool = False, output_norm: bool = False):
+                 output_gate: bool = False, output_norm: bool = False, null_kv: int = 0):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = CausalSelfAttention(d, heads, dropout, explicit=explicit, rotary=rotary,
-                                        output_gate=output_gate, output_norm=output_norm)
+                                        output_gate=output_gate, output_norm=output_norm,
+                                        null_kv=null_kv)
         self.ffn = FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -43,7 +46,8 @@ class SASRec(SequentialRecommender):
         ffn = cfg.ffn_dim or d
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.n_heads, ffn, cfg.dropout, self.explicit_attention,
-                             cfg.pos_encoding == "rotary", cfg.sasrec.output_gate, cfg.sasrec.output_norm)
+                             cfg.pos_encoding == "rotary", cfg.sasrec.output_gate, cfg.sasrec.output_norm,
+                             cfg.sasrec.null_kv)
             for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
         self.init_weights()

@@ -5,7 +5,14 @@
 score matrix the way RecBole and the original SASRec code do; it is kept as a baseline for the
 efficiency benchmark and as the reference the tests compare against. ``output_gate`` /
 ``output_norm`` apply HSTU's output treatment (:func:`~elasticrec.models.layers.common.gated_output`)
-before the output projection, as ELASTIC's options of the same names do.
+before the output projection, as ELASTIC's options of the same names do. ``null_kv=n`` [ours]
+adds ``n`` learned key/value pairs (per head, the same for every user and position) that every
+query attends to beside its history, in the same softmax: an attention sink. ELASTIC's
+empty-history dispatchers are such pairs for a position with no earlier chunk, so this option
+tells a gain of that sink apart from a gain of ELASTIC's attention. They are run as ``n`` extra
+positions in front of the sequence (learned keys/values, zero queries whose outputs are dropped),
+so the call stays square and causal (``is_causal=True``, no L x L mask) and every query sees all
+``n`` of them.
 
 Sequences are left-padded: ``valid`` [B, L] is True at real items (``None``: no padding, the
 plain causal kernel). Padding keys are masked; a padding query attends only to itself so no row
@@ -76,8 +83,10 @@ def reference_attention(q, k, v, valid=None, dropout_p: float = 0.0, training: b
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 1, dropout: float = 0.0,
                  explicit: bool = False, rotary: bool = False, output_gate: bool = False,
-                 output_norm: bool = False):
+                 output_norm: bool = False, null_kv: int = 0):
         super().__init__()
+        if null_kv < 0:
+            raise ValueError(f"null_kv must be >= 0, got {null_kv}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.h, self.dh = n_heads, d_model // n_heads
@@ -88,6 +97,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.explicit = explicit
         self.rotary = rotary
+        self.null_kv = null_kv
+        if null_kv:  # initialised with the model's other matrices (SequentialRecommender.init_weights)
+            self.null_k = nn.Parameter(torch.randn(n_heads, null_kv, self.dh) * 0.02)
+            self.null_v = nn.Parameter(torch.randn(n_heads, null_kv, self.dh) * 0.02)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         B, L, D = x.shape
@@ -96,6 +109,13 @@ class CausalSelfAttention(nn.Module):
             cos, sin = rotary_tables(L, self.dh, x.device)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         p = self.dropout if self.training else 0.0
+        n = self.null_kv
+        if n:  # n learned pairs in front; their zero queries' outputs are dropped below
+            q = torch.cat([q.new_zeros(B, self.h, n, self.dh), q], 2)
+            k = torch.cat([self.null_k.to(k.dtype).expand(B, -1, -1, -1), k], 2)
+            v = torch.cat([self.null_v.to(v.dtype).expand(B, -1, -1, -1), v], 2)
+            if valid is not None:
+                valid = torch.cat([valid.new_ones(B, n), valid], 1)
         if self.explicit:
             y = reference_attention(q, k, v, valid, p, self.training)
         elif valid is None:  # the caller found no padding (SASRec.encode checks once per batch)
@@ -104,6 +124,7 @@ class CausalSelfAttention(nn.Module):
             qp, kp, vp = key_padding_features(q, k, v, valid)
             y = F.scaled_dot_product_attention(qp, kp, vp, dropout_p=p, is_causal=True,
                                                scale=1.0 / math.sqrt(self.dh))[..., : self.dh]
+        y = y[:, :, n:]
         return self.out(gated_output(y.transpose(1, 2).reshape(B, L, D), x, self.gate, self.output_norm))
 
     def reset_gate(self) -> None:
