@@ -151,3 +151,74 @@ def test_chunk_phase_shift_is_the_models_own_output_earlier_in_a_chunk(shift):
             assert not torch.allclose(model.encode(items)[:, -1], got)
     with pytest.raises(ValueError, match="shift must be in"):
         mod.shift_grid(model, 4)
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_sink_mass_is_the_weight_the_layer_itself_gives_its_learned_pairs(rotary):
+    """benchmarks/sink_mass.py: with every item's value zero and every learned pair's value one,
+    the layer's own output at the last position (identity output projection) is exactly the
+    weight on the pairs, which the script computes from the logits alone."""
+    import torch
+
+    from elasticrec.models.layers.attention import CausalSelfAttention
+
+    mod = _load_benchmark("sink_mass")
+    torch.manual_seed(4)
+    d, H = 8, 2
+    attn = CausalSelfAttention(d, H, null_kv=3, rotary=rotary).eval()
+    with torch.no_grad():
+        attn.qkv.weight[2 * d:].zero_()                 # item values 0
+        attn.qkv.bias[2 * d:].zero_()
+        attn.null_k.normal_()
+        attn.null_v.fill_(1.0)                          # learned values 1
+        attn.out.weight.copy_(torch.eye(d))
+        attn.out.bias.zero_()
+    x = torch.randn(3, 9, d)
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[1, :5] = False
+    for v in (valid, None):
+        with torch.no_grad():
+            y = attn(x, v)[:, -1].view(3, H, d // H)    # every column of a head = its weight
+            mass = mod.last_position_null_mass(attn, x, v)
+        torch.testing.assert_close(mass, y[..., 0], atol=1e-6, rtol=1e-5)
+        assert ((mass > 0) & (mass < 1)).all()
+
+
+@pytest.mark.parametrize("opts", [{}, {"local_lookback": True, "dispatcher_bias": "count"}])
+def test_sink_mass_reads_elastics_weight_on_its_dispatchers(opts):
+    """With every dispatcher value one and every local value zero, each ELASTIC layer's own
+    attention output at the last item (identity W_o) is its weight on the dispatchers: the
+    script's recorded weights must equal it, layer by layer; for a history inside one chunk that
+    is the weight on the learned empty-history entries."""
+    import torch
+
+    from elasticrec.config import ElasticConfig, ModelConfig
+    from elasticrec.models import build_model
+
+    mod = _load_benchmark("sink_mass")
+    D, H = 16, 2
+    cfg = ModelConfig(name="elastic", max_len=24, d_model=D, n_layers=2, n_heads=H, dropout=0.0,
+                      elastic=ElasticConfig(n_dispatchers=3, chunk_size=4, **opts))
+    torch.manual_seed(5)
+    model = build_model(cfg, n_items=50).eval()
+    outputs = []
+    with torch.no_grad():
+        for blk in model.blocks:
+            a = blk.attn
+            a.disp_kv.weight[D:].zero_()
+            a.disp_kv.bias[D:].fill_(1.0)
+            a.local_kv.weight[D:].zero_()
+            a.local_kv.bias[D:].zero_()
+            a.out.weight.copy_(torch.eye(D))
+            a.out.bias.zero_()
+            a.register_forward_hook(lambda m, args, y: outputs.append(y[:, -1].view(-1, H, D // H)[..., 0]))
+    items = torch.randint(1, 51, (3, 24))
+    items[1, :21] = 0                                   # 3 items: one chunk, only the empty entries
+    items[2, :10] = 0
+    with torch.no_grad(), mod.Recorder(model) as rec:
+        model.encode(items)
+        got = rec.take()
+    torch.testing.assert_close(got, torch.stack(outputs).mean(-1), atol=1e-5, rtol=1e-5)
+    assert got.shape == (2, 3) and ((got > 0) & (got < 1)).all()
+    with pytest.raises(ValueError, match="null_kv"):
+        mod.Recorder(build_model(ModelConfig(name="sasrec", max_len=8, d_model=8), n_items=10))

@@ -325,11 +325,12 @@ class ChunkGrid(NamedTuple):
     prev: torch.Tensor | None    # [B, 1, n, 1, C] valid keys of the previous chunk (lookback)
 
 
-def _attend_explicit(q, keys, vals, dbias, local, p_drop, scale, acc):
-    """The distribution softmax written out: q [B, H, n, C, dh]; keys / vals: the chunk's
-    dispatchers [B, H, n, k, dh], then (with local attention) its own positions and (lookback) the
-    previous chunk's, [B, H, n, C, dh] each; ``dbias`` (or None) added to the dispatcher logits;
-    ``local``: (logit bias or None, allowed bool mask) per local block. Logits in ``acc``."""
+def distribution_weights(q, keys, dbias, local, scale, acc):
+    """The distribution softmax's weights [B, H, n, C, k (+ C (+ C))]: the k dispatchers first,
+    then each local block. q [B, H, n, C, dh]; keys: the chunk's dispatchers [B, H, n, k, dh], then
+    (with local attention) its own positions and (lookback) the previous chunk's, [B, H, n, C, dh]
+    each; ``dbias`` (or None) added to the dispatcher logits; ``local``: (logit bias or None,
+    allowed bool mask) per local block. Logits in ``acc``."""
     s = (q @ keys[0].transpose(-1, -2)).to(acc) * scale                    # [B, H, n, C, k]
     if dbias is not None:
         s = s + dbias
@@ -339,7 +340,13 @@ def _attend_explicit(q, keys, vals, dbias, local, p_drop, scale, acc):
         if bias is not None:
             sl = sl + bias
         logits.append(sl.masked_fill(~ok, float("-inf")))
-    a = torch.softmax(torch.cat(logits, dim=-1) if len(logits) > 1 else s, dim=-1)
+    return torch.softmax(torch.cat(logits, dim=-1) if len(logits) > 1 else s, dim=-1)
+
+
+def _attend_explicit(q, keys, vals, dbias, local, p_drop, scale, acc):
+    """The distribution softmax written out (:func:`distribution_weights`), then the weighted sum
+    of ``vals`` (laid out as ``keys``)."""
+    a = distribution_weights(q, keys, dbias, local, scale, acc)
     if p_drop > 0.0:
         a = F.dropout(a, p_drop, training=True)
     parts = a.to(vals[0].dtype).split([v.shape[-2] for v in vals], dim=-1)
