@@ -7,7 +7,8 @@ efficiency benchmark and as the reference the tests compare against. ``output_ga
 ``output_norm`` apply HSTU's output treatment (:func:`~elasticrec.models.layers.common.gated_output`)
 before the output projection, as ELASTIC's options of the same names do. ``null_kv=n`` [ours]
 adds ``n`` learned key/value pairs (per head, the same for every user and position) that every
-query attends to beside its history, in the same softmax: an attention sink. ELASTIC's
+query attends to beside its history, in the same softmax: an attention sink (the persistent
+memory key/values of Sukhbaatar et al., 2019; x-transformers' ``attn_num_mem_kv``). ELASTIC's
 empty-history dispatchers are such pairs for a position with no earlier chunk, so this option
 tells a gain of that sink apart from a gain of ELASTIC's attention. They are run as ``n`` extra
 positions in front of the sequence (learned keys/values, zero queries whose outputs are dropped),
