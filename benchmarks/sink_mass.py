@@ -32,13 +32,7 @@ from elasticrec.models.layers import dispatcher
 def last_position_null_mass(attn, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Weight [B, H] that the last position's softmax puts on ``attn``'s learned pairs, given the
     layer input ``x`` [B, L, D] and ``valid`` [B, L] (None: no padding)."""
-    from elasticrec.models.layers.common import apply_rotary, rotary_tables
-
-    B, L, _ = x.shape
-    q, k, _ = attn.qkv(x).view(B, L, 3, attn.h, attn.dh).permute(2, 0, 3, 1, 4)
-    if attn.rotary:
-        cos, sin = rotary_tables(L, attn.dh, x.device)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    q, k, _ = attn.project(x)
     ql = q[:, :, -1].float()                                                  # [B, H, dh]
     hist = torch.einsum("bhd,bhld->bhl", ql, k.float())
     if valid is not None:
@@ -100,6 +94,7 @@ def measure(run: Path, stage: str, edges: list[int], batch: int) -> tuple[list[d
     from elasticrec.config import load_config
     from elasticrec.data import load_dataset
     from elasticrec.evaluate.ranking import build_eval_batch
+    from elasticrec.evaluate.significance import length_buckets
     from elasticrec.models import build_model
     from elasticrec.train.checkpoint import load_best
 
@@ -118,9 +113,8 @@ def measure(run: Path, stage: str, edges: list[int], batch: int) -> tuple[list[d
             mass.append(rec.take())                                           # [layers, B]
             lengths.append((inputs > 0).sum(1))
     mass_np, n = torch.cat(mass, 1).numpy(), np.concatenate(lengths)
-    bounds = [0, *edges, None]
     rows = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in length_buckets(edges):
         sel = (n >= lo) & (n < hi if hi is not None else True)
         label = f"{lo}-{hi - 1}" if hi is not None else f"{lo}+"
         rows.append({"history": label, "users": int(sel.sum()),

@@ -103,12 +103,18 @@ class CausalSelfAttention(nn.Module):
             self.null_k = nn.Parameter(torch.randn(n_heads, null_kv, self.dh) * 0.02)
             self.null_v = nn.Parameter(torch.randn(n_heads, null_kv, self.dh) * 0.02)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        B, L, D = x.shape
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, D] -> the history's q, k, v [B, H, L, d_h] (rotary applied to q and k)."""
+        B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)
         if self.rotary:
             cos, sin = rotary_tables(L, self.dh, x.device)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.project(x)
         p = self.dropout if self.training else 0.0
         n = self.null_kv
         if n:  # n learned pairs in front; their zero queries' outputs are dropped below
