@@ -68,16 +68,17 @@ class Recorder:
                     lambda mod, args: self.per_layer.append(last_position_null_mass(mod, *args).mean(-1)))
                 self._undo.append(h.remove)
         else:
-            original = dispatcher._attend_explicit
+            original = dispatcher.distribution_weights
 
-            def attend(q, keys, vals, dbias, local, p_drop, scale, acc):
-                a = dispatcher.distribution_weights(q, keys, dbias, local, scale, acc)
+            def weights(q, keys, dbias, local, scale, acc):
+                a = original(q, keys, dbias, local, scale, acc)
                 # the last grid position is the last item (end-aligned): its weight on the k dispatchers
                 self.per_layer.append(a[:, :, -1, -1, : keys[0].shape[-2]].sum(-1).mean(-1))
-                return original(q, keys, vals, dbias, local, p_drop, scale, acc)
+                return a
 
-            dispatcher._attend_explicit = attend
-            self._undo.append(lambda: setattr(dispatcher, "_attend_explicit", original))
+            # the explicit distribution looks this up at call time, so its forward records as it runs
+            dispatcher.distribution_weights = weights
+            self._undo.append(lambda: setattr(dispatcher, "distribution_weights", original))
         return self
 
     def __exit__(self, *exc):
