@@ -76,19 +76,22 @@ def test_large_ml1m_presets_are_like_for_like():
     assert (cfgs["hstu"].model.d_model, cfgs["hstu"].model.n_heads) == (50, 2)  # HSTU-large's size
 
 
-@pytest.mark.parametrize("dataset,recorded", [
-    ("ml-1m", {"elastic": "cpu-2026-12-05/ml-1m-elastic-gate-cos-lr6e-3",
-               "sasrec": "cpu-2026-12-05/ml-1m-sasrec-gate-cos-lr4e-3-s43"}),
-    ("sports", {"elastic": "cpu-2026-12-06/sports-elastic-off-cos-lr5e-3-s43",
-                "sasrec": "cpu-2026-12-06/sports-sasrec-cos-lr3e-3-s43"}),
+@pytest.mark.parametrize("dataset,variant,recorded", [
+    ("ml-1m", "tuned", {"elastic": "cpu-2026-12-05/ml-1m-elastic-gate-cos-lr6e-3",
+                        "sasrec": "cpu-2026-12-05/ml-1m-sasrec-gate-cos-lr4e-3-s43"}),
+    ("sports", "tuned", {"elastic": "cpu-2026-12-06/sports-elastic-off-cos-lr5e-3-s43",
+                         "sasrec": "cpu-2026-12-06/sports-sasrec-cos-lr3e-3-s43"}),
+    ("sports", "sink", {"elastic": "cpu-2026-12-06/sports-elastic-off-cos-lr5e-3-s43",
+                        "sasrec": "cpu-2026-12-06/sports-sasrec-null16-cos-lr3e-3-s43"}),
 ])
-def test_tuned_presets_reproduce_the_recorded_runs(dataset, recorded):
-    """configs/<dataset>/tuned/ resolves to the configs of the runs docs/results.md reports for it
-    (the learning-rate grids), apart from the seed and the run's thread/progress settings."""
+def test_variant_presets_reproduce_the_recorded_runs(dataset, variant, recorded):
+    """configs/<dataset>/<variant>/ resolves to the configs of the runs docs/results.md reports for
+    it (the learning-rate grids, the sink), apart from the seed and the run's thread/progress
+    settings."""
     import dataclasses
 
     for model, run in recorded.items():
-        preset = load_config(ROOT / "configs" / dataset / "tuned" / f"{model}.yaml")
+        preset = load_config(ROOT / "configs" / dataset / variant / f"{model}.yaml")
         ran = load_config(ROOT / "docs/results" / run / "config.yaml")
         ran = dataclasses.replace(ran, train=dataclasses.replace(
             ran.train, seed=preset.train.seed, num_threads=preset.train.num_threads,

@@ -76,6 +76,9 @@ DATASETS: dict[str, BenchDataset] = {
     "sports-tuned": BenchDataset("sports", (), "Amazon Sports, L=50, cosine scores, ELASTIC with the memory off, "
                                  "each model at the learning rate Sports validation picked, 10 epochs "
                                  "(configs/sports/tuned/)", variant="tuned"),
+    "sports-sink": BenchDataset("sports", (), "sports-tuned with SASRec given an attention sink, 16 learned "
+                                "key/value pairs per layer, like ELASTIC's empty-history dispatchers "
+                                "(configs/sports/sink/)", variant="sink"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
