@@ -95,7 +95,7 @@ def measure(run: Path, stage: str, edges: list[int], batch: int) -> tuple[list[d
     from elasticrec.config import load_config
     from elasticrec.data import load_dataset
     from elasticrec.evaluate.ranking import build_eval_batch
-    from elasticrec.evaluate.significance import length_buckets
+    from elasticrec.evaluate.significance import length_groups
     from elasticrec.models import build_model
     from elasticrec.train.checkpoint import load_best
 
@@ -115,9 +115,7 @@ def measure(run: Path, stage: str, edges: list[int], batch: int) -> tuple[list[d
             lengths.append((inputs > 0).sum(1))
     mass_np, n = torch.cat(mass, 1).numpy(), np.concatenate(lengths)
     rows = []
-    for lo, hi in length_buckets(edges):
-        sel = (n >= lo) & (n < hi if hi is not None else True)
-        label = f"{lo}-{hi - 1}" if hi is not None else f"{lo}+"
+    for label, sel in length_groups(n, edges):
         rows.append({"history": label, "users": int(sel.sum()),
                      **{f"layer {i}": float(mass_np[i, sel].mean()) if sel.any() else float("nan")
                         for i in range(len(mass_np))}})

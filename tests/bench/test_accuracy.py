@@ -97,14 +97,7 @@ def test_sports_sink_gives_sasrec_the_learned_pairs():
     jobs, _ = acc.plan(["sports-sink"], ["elastic", "sasrec"], [42], acc.Path("runs"))
     assert [j.name for j in jobs] == ["sports-sink-elastic-s42", "sports-sink-sasrec-s42"]
     assert "configs/sports/sink/sasrec.yaml" in " ".join(acc.train_command(jobs[1], 1, 300, None, None, resume=False))
-    from pathlib import Path
-
-    from elasticrec.config import load_config
-
-    cfgs = Path(__file__).resolve().parents[2] / "configs" / "sports"
-    assert (load_config(cfgs / "sink/sasrec.yaml").model.sasrec.null_kv,
-            load_config(cfgs / "tuned/sasrec.yaml").model.sasrec.null_kv) == (16, 0)
-    assert load_config(cfgs / "sink/elastic.yaml") == load_config(cfgs / "tuned/elastic.yaml")
+    # what the two presets resolve to: tests/test_config.py::test_variant_presets_reproduce_the_recorded_runs
 
 
 def test_ml1m_tuned_uses_each_models_chosen_rate():

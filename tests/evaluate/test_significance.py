@@ -7,7 +7,7 @@ import pytest
 from elasticrec.evaluate.metrics import metrics_from_ranks
 from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_runs, compare_stages,
                                               format_length_table, format_stage_table, format_table, history_lengths,
-                                              length_buckets, load_ranks, paired_test, per_user, save_ranks)
+                                              length_buckets, length_groups, load_ranks, paired_test, per_user, save_ranks)
 
 META = {"dataset": "toy", "stage": "test", "protocol": "full", "exclude_history": True}
 
@@ -210,3 +210,12 @@ def test_compare_stages_tests_whether_validation_predicts_test(tmp_path):
     (tmp_path / "b" / "valid_ranks.npz").unlink()
     with pytest.raises(RanksError, match="valid_ranks.npz"):
         compare_stages(tmp_path / "a", tmp_path / "b")
+
+
+def test_length_groups_label_and_mask_every_user_once():
+    hist = np.array([0, 3, 16, 49, 50, 200])
+    groups = length_groups(hist, [16, 50])
+    assert [g for g, _ in groups] == ["0-15", "16-49", ">=50"]
+    assert np.array_equal(np.stack([m for _, m in groups]).sum(0), np.ones(len(hist)))
+    assert [hist[m].tolist() for _, m in groups] == [[0, 3], [16, 49], [50, 200]]
+    assert not length_groups(hist, [500])[1][1].any()

@@ -261,6 +261,15 @@ def length_buckets(edges) -> list[tuple[int, int | None]]:
     return [(lo, hi) for lo, hi in zip(lows, [*edges, None])]
 
 
+def length_groups(hist: np.ndarray, edges) -> list[tuple[str, np.ndarray]]:
+    """(label, boolean mask over ``hist``) for each bucket of :func:`length_buckets`, labelled
+    "0-15", "16-49", ">=50"; empty buckets are kept (their mask is all False)."""
+    hist = np.asarray(hist)
+    return [(f"{lo}-{hi - 1}" if hi is not None else f">={lo}",
+             (hist >= lo) & (hist < hi) if hi is not None else hist >= lo)
+            for lo, hi in length_buckets(edges)]
+
+
 def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, metrics=DEFAULT_METRICS,
                       n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
                       ) -> list[tuple[str, PairedResult]]:
@@ -271,11 +280,9 @@ def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, m
     if not hist.shape[0] == ra.shape[1] == rb.shape[1] or hist.ndim != 1:
         raise ValueError("ranks and history lengths must be of the same users")
     out = []
-    for lo, hi in length_buckets(edges):
-        sel = (hist >= lo) & (hist < hi if hi is not None else True)
+    for label, sel in length_groups(hist, edges):
         if not sel.any():
             continue
-        label = f"{lo}-{hi - 1}" if hi is not None else f">={lo}"
         out += [(label, r) for r in paired_results(ra[:, sel], rb[:, sel], metrics, n_resamples, confidence, seed)]
     return out
 
