@@ -316,15 +316,18 @@ def _tname(tp: Any) -> str:
 
 def from_dict(cls: type, d: dict, where: str = "") -> Any:
     """Build dataclass ``cls`` from a (possibly partial) dict, rejecting unknown keys."""
+    return cls(**{k: _field_value(v, tp, path) for k, v, path, tp in _known_keys(cls, d, where)})
+
+
+def _known_keys(cls: type, d: dict, where: str):
+    """``(key, value, dotted path, field type)`` for each item of ``d``; an unknown key raises."""
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
     for k, v in d.items():
         path = f"{where}.{k}" if where else k
         if k not in hints:
-            raise ConfigError(f"unknown key '{path}'; valid keys here: {', '.join(names)}")
-        kwargs[k] = _field_value(v, hints[k], path)
-    return cls(**kwargs)
+            names = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"unknown key '{path}'; valid keys here: {names}")
+        yield k, v, path, hints[k]
 
 
 # YAML 1.1 (PyYAML) reads unquoted off/no/false and on/yes/true as booleans
@@ -358,18 +361,13 @@ def _field_value(value: Any, tp: Any, path: str) -> Any:
 
 def merge(cfg: Any, d: dict, where: str = "") -> Any:
     """Return a copy of dataclass ``cfg`` with the (nested) values of ``d`` applied."""
-    hints = _hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
     updates = {}
-    for k, v in d.items():
-        path = f"{where}.{k}" if where else k
-        if k not in hints:
-            raise ConfigError(f"unknown key '{path}'; valid keys here: {', '.join(names)}")
+    for k, v, path, tp in _known_keys(type(cfg), d, where):
         cur = getattr(cfg, k)
         if dataclasses.is_dataclass(cur) and isinstance(v, dict):
             updates[k] = merge(cur, v, path)
         else:
-            updates[k] = _field_value(v, hints[k], path)
+            updates[k] = _field_value(v, tp, path)
     return dataclasses.replace(cfg, **updates)
 
 

@@ -11,6 +11,15 @@ HSTU_FULL = {**HSTU_LIKE, "output_norm": True}
 LOOKBACK = {"local_lookback": True, "local_position_bias": True}
 
 
+def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial values (N(0, 0.25)) for every parameter, e.g. the zero-initialised empty logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return module
+
+
 def assert_no_gradient_from_future(model, items: torch.Tensor, t: int, encode=None) -> None:
     """The outputs at positions <= t have a gradient path to the item embeddings at positions
     <= t and none to those after t. ``encode(items)`` defaults to ``model.encode(items)``."""
@@ -23,6 +32,18 @@ def assert_no_gradient_from_future(model, items: torch.Tensor, t: int, encode=No
         hook.remove()
     assert g[:, t + 1:].abs().max() == 0
     assert g[:, : t + 1].abs().max() > 0
+
+
+def assert_no_future_leakage(model, items: torch.Tensor, t: int, n_items: int) -> None:
+    """Forward: new items after position ``t`` (ids in 1..n_items) leave the outputs at <= t
+    exactly as they were and change those after. Backward: :func:`assert_no_gradient_from_future`."""
+    base = model.encode(items)
+    changed = items.clone()
+    changed[:, t + 1:] = torch.randint(1, n_items + 1, changed[:, t + 1:].shape)
+    out = model.encode(changed)
+    torch.testing.assert_close(base[:, : t + 1], out[:, : t + 1])
+    assert not torch.allclose(base[:, t + 1:], out[:, t + 1:])
+    assert_no_gradient_from_future(model, items, t)
 
 
 def left_valid(L: int, lengths) -> torch.Tensor:

@@ -19,18 +19,9 @@ from elasticrec.models.layers.dispatcher import (
     inclusive_scan,
 )
 from elasticrec.models.layers.pkm import ProductKeyMemory
-from model_checks import assert_layer_padding_and_batch_invariant, left_valid
+from model_checks import assert_layer_padding_and_batch_invariant, left_valid, randomize
 
 D = 8
-
-
-def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial values for every parameter (e.g. the zero-initialised empty logits)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-    return module
 
 
 def _memory(kind: str | None):
@@ -47,7 +38,7 @@ def _make(L, C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=t
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
                             memory=_memory(memory), shared_local_kv=shared, dispatcher_bias=bias,
                             query_memory=_memory(query_memory), **kw)
-    return _randomize(m, seed).to(dtype).eval()
+    return randomize(m, seed).to(dtype).eval()
 
 
 CASES = [

@@ -15,7 +15,7 @@ from elasticrec.models.layers.common import ChunkPositions, StartPositions, firs
 from elasticrec.models.layers.dispatcher import DispatcherAttention, dispatcher_attention_reference
 from elasticrec.models.layers.pkm import ProductKeyMemory
 from model_checks import (HSTU_FULL, HSTU_LIKE, LOOKBACK, assert_layer_padding_and_batch_invariant,
-                          left_valid)
+                          left_valid, randomize)
 
 D = 8
 
@@ -27,14 +27,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-    return module
 
 
 def _mem(kind):
@@ -50,7 +42,7 @@ def _layer(C, k, H, use_local=True, memory=None, shared=False, seed=0, dtype=tor
     m = DispatcherAttention(D, n_heads=H, n_dispatchers=k, chunk_size=C, use_local=use_local,
                             memory=mem and mem(), shared_local_kv=shared, chunk_align="start",
                             dispatcher_bias=bias, query_memory=qmem and qmem(), **kw)
-    return _randomize(m, seed).to(dtype).eval()
+    return randomize(m, seed).to(dtype).eval()
 
 
 # ------------------------------------------------------------------ layer: start alignment

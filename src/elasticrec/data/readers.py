@@ -247,12 +247,16 @@ def _fast_numeric(buf: bytes, n_fields: int, int_cols: tuple[int, ...]) -> list 
 
 # ----------------------------------------------------------------------------- MovieLens
 def _parse_ml_dat(buf: bytes, where: str) -> Interactions:
-    buf = buf.replace(b"::", b"\t")
+    return _parse_rating_rows(buf.replace(b"::", b"\t"), where, "'::'")
+
+
+def _parse_rating_rows(buf: bytes, where: str, sep_name: str) -> Interactions:
+    """Tab-separated ``user item rating timestamp`` rows (``sep_name`` names the separator in errors)."""
     fast = _fast_numeric(buf, 4, (0, 1, 3)) if b" " not in buf else None
     if fast is not None:
         return Interactions(user=fast[0], item=fast[1], rating=fast[2].astype(np.float64),
                             timestamp=fast[3], source=where)
-    tok, ln = _fixed_width_tokens(buf, where, 4, "'::'", sep_byte=9)
+    tok, ln = _fixed_width_tokens(buf, where, 4, sep_name, sep_byte=9)
     return Interactions(
         user=_ids(tok[:, 0]), item=_ids(tok[:, 1]),
         rating=_numbers(tok[:, 2], where, ln, "rating", integer_ok=False),
@@ -290,17 +294,7 @@ def read_movielens_zip(path: str | Path, member: str = "ml-1m/ratings.dat") -> I
 
 def read_movielens_udata(path: str | Path) -> Interactions:
     """GroupLens ML-100k ``u.data``: ``user\\titem\\trating\\ttimestamp`` per line."""
-    where = str(path)
-    buf = read_bytes(path)
-    fast = _fast_numeric(buf, 4, (0, 1, 3)) if b" " not in buf else None
-    if fast is not None:
-        return Interactions(user=fast[0], item=fast[1], rating=fast[2].astype(np.float64),
-                            timestamp=fast[3], source=where)
-    tok, ln = _fixed_width_tokens(buf, where, 4, "tabs", sep_byte=9)
-    return Interactions(
-        user=_ids(tok[:, 0]), item=_ids(tok[:, 1]),
-        rating=_numbers(tok[:, 2], where, ln, "rating", integer_ok=False),
-        timestamp=_numbers(tok[:, 3], where, ln, "timestamp"), source=where)
+    return _parse_rating_rows(read_bytes(path), str(path), "tabs")
 
 
 # ----------------------------------------------------------------------------- text sequences
