@@ -71,3 +71,20 @@ def assert_layer_padding_and_batch_invariant(layer, d: int, generator: torch.Gen
     yb = layer(xb, left_valid(Lb, list(lengths)))
     for i, s in enumerate(seqs):
         torch.testing.assert_close(yb[i, Lb - s.shape[1]:], layer(s)[0], rtol=1e-5, atol=1e-6)
+
+
+def assert_layer_causal(layer, d: int, generator: torch.Generator, L: int = 11) -> None:
+    """A sequence layer ``layer(x [B, L, d], valid)`` in float64: for every t, new inputs after t
+    leave the outputs at <= t bit-identical, and those outputs have no gradient from them."""
+    g = generator
+    x = torch.randn(2, L, d, generator=g, dtype=torch.float64)
+    valid = left_valid(L, [L, 8])
+    y = layer(x, valid)
+    for t in range(L - 1):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn(2, L - t - 1, d, generator=g, dtype=torch.float64) * 3
+        assert torch.equal(y[:, : t + 1], layer(x2, valid)[:, : t + 1]), t
+        xg = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(layer(xg, valid)[:, : t + 1].sum(), xg)
+        assert torch.all(gx[:, t + 1:] == 0), t
+        assert gx[:, : t + 1].abs().sum() > 0, t
