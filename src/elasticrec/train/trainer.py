@@ -390,6 +390,10 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
     trainer = Trainer(cfg, run_dir, resume)
     try:
         res = trainer.fit()
+        # every rank has finished (rank 0 writes the last files after the final gather) before
+        # any tears the process group down: a gloo rank that still talks to a peer whose group
+        # is already destroyed can abort ("terminate called without an active exception")
+        dist.barrier(trainer.dist)
     finally:
         dist.cleanup(trainer.dist)
     return trainer.run_dir, res
