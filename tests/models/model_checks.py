@@ -34,16 +34,24 @@ def assert_no_gradient_from_future(model, items: torch.Tensor, t: int, encode=No
     assert g[:, : t + 1].abs().max() > 0
 
 
-def assert_no_future_leakage(model, items: torch.Tensor, t: int, n_items: int) -> None:
-    """Forward: new items after position ``t`` (ids in 1..n_items) leave the outputs at <= t
-    exactly as they were and change those after. Backward: :func:`assert_no_gradient_from_future`."""
-    base = model.encode(items)
-    changed = items.clone()
+def assert_no_future_leakage(model, items: torch.Tensor, t: int, n_items: int,
+                             timestamps: torch.Tensor | None = None) -> None:
+    """Forward: new items after position ``t`` (ids in 1..n_items; with ``timestamps``, later
+    times after ``t`` too) leave the outputs at <= t exactly as they were and change those after.
+    Backward: :func:`assert_no_gradient_from_future`."""
+    def encode(it, ts):
+        return model.encode(it) if ts is None else model.encode(it, ts)
+
+    base = encode(items, timestamps)
+    changed, later = items.clone(), None
     changed[:, t + 1:] = torch.randint(1, n_items + 1, changed[:, t + 1:].shape)
-    out = model.encode(changed)
+    if timestamps is not None:
+        later = timestamps.clone()
+        later[:, t + 1:] += 12345
+    out = encode(changed, later)
     torch.testing.assert_close(base[:, : t + 1], out[:, : t + 1])
     assert not torch.allclose(base[:, t + 1:], out[:, t + 1:])
-    assert_no_gradient_from_future(model, items, t)
+    assert_no_gradient_from_future(model, items, t, encode=lambda it: encode(it, timestamps))
 
 
 def left_valid(L: int, lengths) -> torch.Tensor:
