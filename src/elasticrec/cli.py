@@ -197,6 +197,8 @@ def cmd_evaluate(args) -> int:
         cfg = merge(cfg, {"eval": {"protocol": args.protocol}})
     if args.history_len is not None:
         cfg = merge(cfg, {"eval": {"history_len": args.history_len}})
+    if args.drop_recent is not None:
+        cfg = merge(cfg, {"eval": {"drop_recent": args.drop_recent}})
     if args.stage == "valid" and cfg.train.fit != "train":
         raise ConfigError(f"{run} trained on the validation items (train.fit={cfg.train.fit}): "
                           "its validation scores mean nothing; evaluate --stage test")
@@ -220,7 +222,8 @@ def cmd_evaluate(args) -> int:
     if args.save_ranks is not None:
         # a checkpoint or history window the run did not test never writes over the run's own ranks
         tags = ([f"epoch-{info['epoch']:04d}"] if last else []) + (
-            [f"history-{ev.window or 'all'}"] if ev.window != cfg.model.max_len else [])
+            [f"history-{ev.window or 'all'}"] if ev.window != cfg.model.max_len else []) + (
+            [f"drop-{cfg.eval.drop_recent}"] if cfg.eval.drop_recent else [])
         out = (Path(args.save_ranks) if args.save_ranks else ranks_path(run, args.stage) if not tags
                else run / f"{args.stage}_ranks_{'_'.join(tags)}.npz")
         meta = ranks_meta(cfg, data, args.stage, ev.label, info.get("epoch"))
@@ -297,6 +300,8 @@ def _ranks_label(runs: list[str], meta: dict) -> str:
     h = meta.get("history_len", meta.get("max_len"))
     if h != meta.get("max_len"):
         what += f", {history_label(h or None)}"
+    if meta.get("drop_recent"):
+        what += f", {meta['drop_recent']} most recent left out"
     if meta.get("checkpoint") == "last":
         which = "last checkpoint, epoch"
     else:  # a refit has no best epoch: it tests the weights of its final epoch
@@ -385,10 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="history items fed to the model per user (eval.history_len): default model.max_len, the "
                         "training window; 0 = the whole history (needs a model whose positions allow it, e.g. "
                         "ELASTIC with pos_encoding chunk)")
+    e.add_argument("--drop-recent", type=int, metavar="N",
+                   help="leave each user's N most recent history items out of the model's input (eval.drop_recent; "
+                        "they stay excluded from the ranking; at least the oldest item is fed): how much do the "
+                        "scores rest on the latest items?")
     e.add_argument("--save-ranks", nargs="?", const="", metavar="FILE",
                    help="also write each user's rank (default FILE: <run>/<stage>_ranks.npz; with --checkpoint last "
                         "<run>/<stage>_ranks_epoch-NNNN.npz; with --history-len <run>/<stage>_ranks_history-N.npz, "
-                        "N = all for 0), for `elasticrec compare`")
+                        "N = all for 0; with --drop-recent N ..._drop-N.npz), for `elasticrec compare`")
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="paired significance test of two runs on the same users",

@@ -211,6 +211,10 @@ class EvalConfig:
     # positions do not stop at max_len (ELASTIC with pos_encoding chunk, learned-start or none;
     # SASRec or LinRec with none or rotary); others are refused
     history_len: int | None = None
+    # [ablation] leave each user's N most recent history items out of the model's input (the
+    # window ends N items earlier; they stay in the history the ranking excludes), to see how much
+    # a score rests on the latest items. At least the oldest item is always fed. 0: off
+    drop_recent: int = 0
 
 
 @dataclass

@@ -83,14 +83,16 @@ def _tiny(name, max_len, align="end", **kw):
     return cfg, build_model(cfg, 30).eval()
 
 
-def _direct_ranks(d, model, users, window):
+def _direct_ranks(d, model, users, window, drop=0):
     """Each user alone, unpadded, through the model: the rank of its test item among the items
-    outside its history (the evaluator's protocol, written out one user at a time)."""
+    outside its history (the evaluator's protocol, written out one user at a time); ``drop``: the
+    model reads the history without its ``drop`` most recent items."""
     out = []
     for u in users:
         seq = d.sequence(int(u))
         hist, target = seq[:-1], int(seq[-1])
-        x = torch.as_tensor(hist[-window:] if window else hist, dtype=torch.long)[None]
+        fed = hist[: max(len(hist) - drop, 1)]
+        x = torch.as_tensor(fed[-window:] if window else fed, dtype=torch.long)[None]
         with torch.no_grad():
             s = model.score_all(model.last_hidden(x))[0].float()
         s[0] = float("-inf")
@@ -149,3 +151,52 @@ def test_trimmed_evaluation_batches_equal_each_user_alone(cyclic_data, name):
     np.testing.assert_array_equal(ev.ranks(model, "test", users), _direct_ranks(d, model, users, 64))
     x, *_ = build_eval_batch(d, users[:7], "test", max_len=64, trim=True)
     assert x.shape[1] == 32 and x.shape[1] < 64  # 19 at most, rounded up to a multiple of 16
+
+
+def test_drop_recent_feeds_an_earlier_window(cyclic_data):
+    """eval.drop_recent=N: the inputs end N items earlier (the window keeps its length), the
+    left-out items stay in the history the ranking excludes, and at least the oldest item is fed.
+    Dropping one item at the test stage feeds exactly the validation input."""
+    d = cyclic_data
+    u = np.array([0, 1, 2])
+    x, t, hr, hi = build_eval_batch(d, u, "test", max_len=5, drop_recent=1)
+    xv, _, _, _ = build_eval_batch(d, u, "valid", max_len=5)
+    np.testing.assert_array_equal(x, xv)
+    for row, i in enumerate(u):
+        seq = d.sequence(int(i))
+        assert t[row] == seq[-1] and list(hi[hr == row]) == list(seq[:-1])
+    x, _, hr, hi = build_eval_batch(d, u, "test", max_len=None, drop_recent=100)
+    assert x.shape == (3, 1) and list(x[:, 0]) == [d.sequence(int(i))[0] for i in u]
+    assert len(hi) == sum(len(d.sequence(int(i))) - 1 for i in u)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "elastic"])
+def test_drop_recent_ranks_equal_each_user_alone(cyclic_data, name):
+    from elasticrec.config import ConfigError
+
+    d = cyclic_data
+    _, model = _tiny(name, max_len=6)
+    users = d.eval_users("test")[::-1][:30]
+    for drop in (1, 3):
+        ev = Evaluator(d, EvalConfig(ks=[10], drop_recent=drop, batch_size=7), max_len=6)
+        assert ev.history == f"last 6 items, {drop} most recent left out"
+        np.testing.assert_array_equal(ev.ranks(model, "test", users), _direct_ranks(d, model, users, 6, drop))
+    full = Evaluator(d, EvalConfig(ks=[10]), max_len=6).ranks(model, "test", users)
+    assert not np.array_equal(full, _direct_ranks(d, model, users, 6, 1))   # the left-out item mattered
+    with pytest.raises(ConfigError, match="drop_recent must be"):
+        Evaluator(d, EvalConfig(drop_recent=-1), max_len=6)
+
+
+def test_drop_recent_timestamps_follow_the_items():
+    from elasticrec.data.sequences import SequenceData
+    from elasticrec.evaluate.ranking import build_eval_timestamps
+
+    items = np.arange(1, 11, dtype=np.int64)
+    d = SequenceData(items=items, offsets=np.array([0, 6, 10]), n_items=10, timestamps=items * 100,
+                     item_raw_ids=np.array(["<pad>"] + [f"i{i}" for i in range(1, 11)]),
+                     user_raw_ids=np.array(["a", "b"]), meta={"name": "t"})
+    u = np.array([0, 1])
+    x, _, _, _ = build_eval_batch(d, u, "test", max_len=4, drop_recent=2)
+    ts = build_eval_timestamps(d, u, "test", 4, drop_recent=2)
+    np.testing.assert_array_equal(x, [[0, 1, 2, 3], [0, 0, 0, 7]])
+    np.testing.assert_array_equal(ts, x * 100)

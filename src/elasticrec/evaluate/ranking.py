@@ -2,7 +2,8 @@
 
 For each user with a target in the stage (valid: second-last item, test: last item), the model
 reads the last ``max_len`` items of the visible history (``eval.history_len``: another number, or
-the whole history) and scores **every** item; items of the
+the whole history; ``eval.drop_recent``: the window ending that many items earlier) and scores
+**every** item; items of the
 history are excluded by default (never the target itself); the rank of the target among all
 remaining items gives HR/NDCG/MRR. ``protocol="sampled"`` ranks the target against
 ``n_negatives`` sampled items instead — an easier protocol, labelled as such in every output.
@@ -18,15 +19,25 @@ from elasticrec.data.sequences import SequenceData, trimmed_width
 from elasticrec.evaluate.metrics import metrics_from_ranks
 
 
+def input_end(start: int, end: int, drop_recent: int = 0) -> int:
+    """End of the items fed to the model from a history ``[start, end)`` when its ``drop_recent``
+    most recent items are left out (``eval.drop_recent``); at least one item stays."""
+    return max(end - drop_recent, min(start + 1, end))
+
+
 def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int | None,
-                     trim: bool = False):
+                     trim: bool = False, drop_recent: int = 0):
     """Left-padded inputs [B, W], targets [B], and (row, item) pairs of full histories. Each row
     holds the last ``max_len`` history items, W = max_len; ``None``: the whole history, W = the
     batch's longest. ``trim``: W = the batch's longest window rounded up to a multiple of 16 (at
-    most max_len); every model ignores left padding, so only the work changes."""
+    most max_len); every model ignores left padding, so only the work changes. ``drop_recent``:
+    the inputs leave out each history's N most recent items (:func:`input_end`); the history
+    pairs still hold them."""
     B = len(users)
     ends = [data.split_end(int(u), stage) for u in users]
-    longest = max([e - int(data.offsets[u]) for u, e in zip(users, ends)] + [1])
+    starts = [int(data.offsets[u]) for u in users]
+    fed = [input_end(s, e, drop_recent) for s, e in zip(starts, ends)]
+    longest = max([f - s for s, f in zip(starts, fed)] + [1])
     if max_len is None:
         max_len = longest
     elif trim:
@@ -34,10 +45,10 @@ def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len:
     inputs = np.zeros((B, max_len), dtype=np.int64)
     targets = np.zeros(B, dtype=np.int64)
     hist_rows, hist_items = [], []
-    for i, (u, end) in enumerate(zip(users, ends)):
-        hist = data.items[int(data.offsets[u]):end]
+    for i, (start, end, stop) in enumerate(zip(starts, ends, fed)):
+        hist = data.items[start:end]
         targets[i] = data.items[end]
-        w = hist[-max_len:]
+        w = data.items[start:stop][-max_len:]
         inputs[i, max_len - len(w):] = w
         hist_rows.append(np.full(len(hist), i, dtype=np.int64))
         hist_items.append(hist)
@@ -58,11 +69,13 @@ def history_label(window: int | None) -> str:
     return "whole history" if window is None else f"last {window} items"
 
 
-def build_eval_timestamps(data: SequenceData, users: np.ndarray, stage: str, max_len: int) -> np.ndarray:
+def build_eval_timestamps(data: SequenceData, users: np.ndarray, stage: str, max_len: int,
+                          drop_recent: int = 0) -> np.ndarray:
     """Timestamps [B, max_len] aligned with :func:`build_eval_batch`'s inputs (0 at padding)."""
     out = np.zeros((len(users), max_len), dtype=np.int64)
     for i, u in enumerate(users):
-        start, end = int(data.offsets[u]), data.split_end(int(u), stage)
+        start = int(data.offsets[u])
+        end = input_end(start, data.split_end(int(u), stage), drop_recent)
         w = data.timestamps[start:end][-max_len:]
         out[i, max_len - len(w):] = w
     return out
@@ -73,6 +86,9 @@ class Evaluator:
         self.data, self.cfg, self.max_len = data, cfg, max_len
         self.device = device or torch.device("cpu")
         self.window = history_window(cfg.history_len, max_len)   # history items read; None: all
+        if cfg.drop_recent < 0:
+            raise ConfigError(f"eval.drop_recent must be 0 (off) or a positive number of the most recent "
+                              f"history items to leave out of the input, got {cfg.drop_recent}")
         if cfg.protocol == "sampled":
             counts = data.item_counts("train").astype(np.float64)
             counts[0] = 0
@@ -86,7 +102,8 @@ class Evaluator:
 
     @property
     def history(self) -> str:
-        return history_label(self.window)
+        label = history_label(self.window)
+        return label + (f", {self.cfg.drop_recent} most recent left out" if self.cfg.drop_recent else "")
 
     def check_model(self, model, stage: str, users: np.ndarray) -> None:
         """Refuse a history window longer than the model can read (e.g. learned positions)."""
@@ -94,6 +111,7 @@ class Evaluator:
         if cap is None or (self.window is not None and self.window <= self.max_len):
             return
         hist = self.data.history_lengths(stage)[users]
+        hist = np.minimum(hist, np.maximum(hist - self.cfg.drop_recent, 1))   # what is fed (input_end)
         longest = int(hist.max()) if len(hist) else 0
         need = longest if self.window is None else min(self.window, longest)
         if need > cap:
@@ -132,11 +150,12 @@ class Evaluator:
         return ranks
 
     def _rank_batch(self, model, users, stage, rng) -> np.ndarray:
-        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.window, trim=True)
+        drop = self.cfg.drop_recent
+        inputs, targets, hr, hi = build_eval_batch(self.data, users, stage, self.window, trim=True, drop_recent=drop)
         dev = self.device
         x = torch.from_numpy(inputs).to(dev)
         if getattr(model, "uses_timestamps", False) and self.data.timestamps is not None:
-            ts = build_eval_timestamps(self.data, users, stage, inputs.shape[1])
+            ts = build_eval_timestamps(self.data, users, stage, inputs.shape[1], drop)
             h = model.last_hidden(x, torch.from_numpy(ts).to(dev))
         else:
             h = model.last_hidden(x)

@@ -56,7 +56,8 @@ def ranks_meta(cfg, data, stage: str, protocol: str, epoch: int | None = None) -
     return {"dataset": cfg.data.name, "data_key": data.meta.get("cache_key"), "n_items": int(data.n_items),
             "model": cfg.model.name, "stage": stage, "protocol": protocol, "max_len": cfg.model.max_len,
             "exclude_history": cfg.eval.exclude_history, "epoch": epoch, "fit": cfg.train.fit,
-            "history_len": history_window(cfg.eval.history_len, cfg.model.max_len) or 0}  # 0: whole history
+            "history_len": history_window(cfg.eval.history_len, cfg.model.max_len) or 0,  # 0: whole history
+            "drop_recent": cfg.eval.drop_recent}
 
 
 def load_ranks(source: str | Path, stage: str = "test") -> tuple[np.ndarray, np.ndarray, dict]:
