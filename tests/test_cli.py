@@ -227,8 +227,8 @@ def test_refit_retrains_on_train_and_valid_for_the_best_epoch_count(tmp_path, ca
 def test_evaluate_on_the_whole_history(tmp_path, capsys):
     """`evaluate --history-len 0` feeds ELASTIC (chunk positions) each user's whole history, longer
     than max_len, and saves its ranks beside the run's own without touching them; `compare` pairs
-    the two and labels the window; `--drop-recent 1` likewise. Learned positions cannot read past max_len: refused, in
-    evaluate and before training starts."""
+    the two and labels the window; `--drop-recent 1` likewise. Learned positions cannot read past
+    max_len: refused, in evaluate and before training starts."""
     short = [*SMALL, "--set", "model.max_len=8"]   # histories of up to 29 items before the target
     run = tmp_path / "elastic"
     assert main(["train", "--dataset", "synthetic", "--model", "elastic", "--epochs", "1", "--run-dir", str(run),
@@ -253,7 +253,7 @@ def test_evaluate_on_the_whole_history(tmp_path, capsys):
     assert meta["drop_recent"] == 1 and len(users) == 60 and dropped.tolist() != own.tolist()
     assert load_ranks(run)[1].tolist() == own.tolist()
     assert main(["compare", str(run), str(run / "test_ranks_drop-1.npz"), "--resamples", "100"]) == 0
-    assert ", 1 most recent left out, best epoch" in capsys.readouterr().out
+    assert ", last 8 items, 1 most recent left out, best epoch" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(run), "--drop-recent", "-1"]) == 2
     assert "drop_recent must be 0 (off) or a positive number" in capsys.readouterr().err
 

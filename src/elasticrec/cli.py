@@ -297,11 +297,9 @@ def _ranks_label(runs: list[str], meta: dict) -> str:
     what = ", ".join(str(meta.get(k, "?")) for k in ("model", "dataset", "stage", "protocol"))
     if meta.get("fit", "train") != "train":
         what += f", fit {meta['fit']}"
-    h = meta.get("history_len", meta.get("max_len"))
-    if h != meta.get("max_len"):
-        what += f", {history_label(h or None)}"
-    if meta.get("drop_recent"):
-        what += f", {meta['drop_recent']} most recent left out"
+    h, drop = meta.get("history_len", meta.get("max_len")), meta.get("drop_recent", 0)
+    if h != meta.get("max_len") or drop:
+        what += f", {history_label(h or None, drop)}"
     if meta.get("checkpoint") == "last":
         which = "last checkpoint, epoch"
     else:  # a refit has no best epoch: it tests the weights of its final epoch

@@ -19,10 +19,11 @@ from elasticrec.data.sequences import SequenceData, trimmed_width
 from elasticrec.evaluate.metrics import metrics_from_ranks
 
 
-def input_end(start: int, end: int, drop_recent: int = 0) -> int:
+def input_end(start, end, drop_recent: int = 0):
     """End of the items fed to the model from a history ``[start, end)`` when its ``drop_recent``
-    most recent items are left out (``eval.drop_recent``); at least one item stays."""
-    return max(end - drop_recent, min(start + 1, end))
+    most recent items are left out (``eval.drop_recent``); at least one item stays. Element-wise
+    for arrays."""
+    return np.maximum(end - drop_recent, np.minimum(start + 1, end))
 
 
 def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len: int | None,
@@ -36,7 +37,7 @@ def build_eval_batch(data: SequenceData, users: np.ndarray, stage: str, max_len:
     B = len(users)
     ends = [data.split_end(int(u), stage) for u in users]
     starts = [int(data.offsets[u]) for u in users]
-    fed = [input_end(s, e, drop_recent) for s, e in zip(starts, ends)]
+    fed = [int(input_end(s, e, drop_recent)) for s, e in zip(starts, ends)]
     longest = max([f - s for s, f in zip(starts, fed)] + [1])
     if max_len is None:
         max_len = longest
@@ -64,9 +65,11 @@ def history_window(history_len: int | None, max_len: int) -> int | None:
     return max_len if history_len is None else (history_len or None)
 
 
-def history_label(window: int | None) -> str:
-    """What a model read of each history, for labels: "last 200 items", "whole history"."""
-    return "whole history" if window is None else f"last {window} items"
+def history_label(window: int | None, drop_recent: int = 0) -> str:
+    """What a model read of each history, for labels: "last 200 items", "whole history", "last 50
+    items, 1 most recent left out"."""
+    label = "whole history" if window is None else f"last {window} items"
+    return label + (f", {drop_recent} most recent left out" if drop_recent else "")
 
 
 def build_eval_timestamps(data: SequenceData, users: np.ndarray, stage: str, max_len: int,
@@ -75,7 +78,7 @@ def build_eval_timestamps(data: SequenceData, users: np.ndarray, stage: str, max
     out = np.zeros((len(users), max_len), dtype=np.int64)
     for i, u in enumerate(users):
         start = int(data.offsets[u])
-        end = input_end(start, data.split_end(int(u), stage), drop_recent)
+        end = int(input_end(start, data.split_end(int(u), stage), drop_recent))
         w = data.timestamps[start:end][-max_len:]
         out[i, max_len - len(w):] = w
     return out
@@ -102,16 +105,14 @@ class Evaluator:
 
     @property
     def history(self) -> str:
-        label = history_label(self.window)
-        return label + (f", {self.cfg.drop_recent} most recent left out" if self.cfg.drop_recent else "")
+        return history_label(self.window, self.cfg.drop_recent)
 
     def check_model(self, model, stage: str, users: np.ndarray) -> None:
         """Refuse a history window longer than the model can read (e.g. learned positions)."""
         cap = getattr(model, "max_input_len", None)
         if cap is None or (self.window is not None and self.window <= self.max_len):
             return
-        hist = self.data.history_lengths(stage)[users]
-        hist = np.minimum(hist, np.maximum(hist - self.cfg.drop_recent, 1))   # what is fed (input_end)
+        hist = input_end(0, self.data.history_lengths(stage)[users], self.cfg.drop_recent)   # items fed
         longest = int(hist.max()) if len(hist) else 0
         need = longest if self.window is None else min(self.window, longest)
         if need > cap:
