@@ -100,6 +100,15 @@ def test_sports_sink_gives_sasrec_the_learned_pairs():
     # what the two presets resolve to: tests/test_config.py::test_variant_presets_reproduce_the_recorded_runs
 
 
+@pytest.mark.parametrize("dataset", ["sports", "yelp"])
+def test_best_variant_runs_each_models_strongest_preset(dataset):
+    jobs, notes = acc.plan([f"{dataset}-best"], ["elastic", "sasrec", "hstu"], [42], acc.Path("runs"))
+    assert [j.name for j in jobs] == [f"{dataset}-best-elastic-s42", f"{dataset}-best-sasrec-s42"]
+    assert notes == [f"{dataset}-best / hstu: no preset configs/{dataset}/best/hstu.yaml; skipped"]
+    cmd = " ".join(acc.train_command(jobs[1], 1, 300, None, None, resume=False))
+    assert f"configs/{dataset}/best/sasrec.yaml" in cmd and f"--dataset {dataset} " in cmd
+
+
 def test_ml1m_tuned_uses_each_models_chosen_rate():
     jobs, notes = acc.plan(["ml-1m-tuned"], ["elastic", "sasrec", "hstu"], [42], acc.Path("runs"))
     assert [j.name for j in jobs] == ["ml-1m-tuned-elastic-s42", "ml-1m-tuned-sasrec-s42"]

@@ -79,6 +79,11 @@ DATASETS: dict[str, BenchDataset] = {
     "sports-sink": BenchDataset("sports", (), "sports-tuned with SASRec given an attention sink, 16 learned "
                                 "key/value pairs per layer, like ELASTIC's empty-history dispatchers "
                                 "(configs/sports/sink/)", variant="sink"),
+    "sports-best": BenchDataset("sports", (), "sports-sink at dropout 0.3, which Sports validation picks for both "
+                                "models (configs/sports/best/)", variant="best"),
+    "yelp-best": BenchDataset("yelp", (), "Yelp with sports-best's settings: SASRec with 16 learned key/value "
+                              "pairs, ELASTIC with the memory off, dropout 0.3, 10 epochs (configs/yelp/best/)",
+                              variant="best"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
