@@ -84,6 +84,9 @@ DATASETS: dict[str, BenchDataset] = {
     "yelp-best": BenchDataset("yelp", (), "Yelp with sports-best's settings: SASRec with 16 learned key/value "
                               "pairs, ELASTIC with the memory off, dropout 0.3, 10 epochs (configs/yelp/best/)",
                               variant="best"),
+    "beauty-best": BenchDataset("beauty", (), "Amazon Beauty, L=50, cosine scores, lr 3e-3, 128 wide, 30 epochs on "
+                                "a cosine rate schedule, ELASTIC with the memory off (configs/beauty/best/)",
+                                variant="best"),
     "synthetic": BenchDataset("synthetic", (), "synthetic long-interest data, L=400 (preset)"),
     "synthetic-4096": BenchDataset(
         "synthetic",
