@@ -89,6 +89,8 @@ def test_large_ml1m_presets_are_like_for_like():
                       "sasrec": "cpu-2026-12-06/yelp-sasrec-null16-cos-lr3e-3-do0.3-s43"}),
     ("beauty", "best", {"elastic": "cpu-2026-12-07/beauty-elastic-items-cos-lr3e-3-d128-e30-lrcos",
                         "sasrec": "cpu-2026-12-07/beauty-sasrec-cos-lr3e-3-d128-e30-lrcos"}),
+    ("ml-1m", "best", {"elastic": "cpu-2026-12-07/ml-1m-elastic-gate-cos-lr6e-3-lrcos",
+                       "sasrec": "cpu-2026-12-07/ml-1m-sasrec-gate-cos-lr4e-3-lrcos"}),
 ])
 def test_variant_presets_reproduce_the_recorded_runs(dataset, variant, recorded):
     """configs/<dataset>/<variant>/ resolves to the configs of the runs docs/results.md reports for

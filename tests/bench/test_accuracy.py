@@ -100,7 +100,7 @@ def test_sports_sink_gives_sasrec_the_learned_pairs():
     # what the two presets resolve to: tests/test_config.py::test_variant_presets_reproduce_the_recorded_runs
 
 
-@pytest.mark.parametrize("dataset", ["sports", "yelp", "beauty"])
+@pytest.mark.parametrize("dataset", ["sports", "yelp", "beauty", "ml-1m"])
 def test_best_variant_runs_each_models_strongest_preset(dataset):
     jobs, notes = acc.plan([f"{dataset}-best"], ["elastic", "sasrec", "hstu"], [42], acc.Path("runs"))
     assert [j.name for j in jobs] == [f"{dataset}-best-elastic-s42", f"{dataset}-best-sasrec-s42"]

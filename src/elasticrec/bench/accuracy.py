@@ -73,6 +73,8 @@ DATASETS: dict[str, BenchDataset] = {
                                 variant="tuned"),
     "ml-1m-long": BenchDataset("ml-1m", (), "MovieLens-1M at L=1000 with length-bucketed batches, otherwise "
                                "ml-1m-tuned (configs/ml-1m/long/)", variant="long"),
+    "ml-1m-best": BenchDataset("ml-1m", (), "ml-1m-tuned with the learning rate decayed to zero on a cosine "
+                               "schedule over the 60 epochs (configs/ml-1m/best/)", variant="best"),
     "sports-tuned": BenchDataset("sports", (), "Amazon Sports, L=50, cosine scores, ELASTIC with the memory off, "
                                  "each model at the learning rate Sports validation picked, 10 epochs "
                                  "(configs/sports/tuned/)", variant="tuned"),
