@@ -91,6 +91,16 @@ def test_runs_save_ranks_and_compare_pairs_them(tmp_path, capsys):
     assert res["runs_a"] == [str(a), str(b)]
     assert res["results"][0]["a"] == pytest.approx((per_user(ranks, "MRR").mean() + mrr_b.mean()) / 2)
     assert sum(r["n_users"] for r in res["by_length"]) == 60
+    assert main(["compare", str(a), str(b), "--resamples", "200", "--metrics", "MRR", "--json",
+                 "--by-length", "20", "--by-transition"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    seen = load_dataset(load_config(a / "config.yaml").data).seen_transitions("test")[users]
+    groups = {r["group"]: r["n_users"] for r in res["by_transition"]}
+    assert sum(groups.values()) == 60 and set(groups) <= {"0-19, seen step", "0-19, new step",
+                                                          ">=20, seen step", ">=20, new step"}
+    assert groups.get("0-19, seen step", 0) + groups.get(">=20, seen step", 0) == int(seen.sum())
+    assert main(["compare", str(a), str(b), "--resamples", "200", "--metrics", "MRR", "--by-transition"]) == 0
+    assert "| all, new step | " in capsys.readouterr().out
     assert main(["compare", str(a), str(b), "--by-length", "25,15"]) == 2
     assert "--by-length '25,15': length edges must be increasing" in capsys.readouterr().err
     assert main(["compare", str(a), str(b), "--by-length", "ten"]) == 2

@@ -239,9 +239,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from elasticrec.evaluate.significance import (compare_by_length, compare_stages, format_length_table,
-                                                  format_stage_table, format_table, history_lengths, load_sides,
-                                                  paired_results)
+    from elasticrec.evaluate.significance import (compare_by_length, compare_groups, compare_stages,
+                                                  format_length_table, format_stage_table, format_table,
+                                                  history_lengths, length_groups, load_sides, paired_results,
+                                                  seen_transitions, transition_groups)
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     edges = _length_edges(args.by_length) if args.by_length else None
@@ -250,15 +251,21 @@ def cmd_compare(args) -> int:
     ma, mb = metas_a[0], metas_b[0]
     stats = (args.resamples, args.confidence, args.seed)
     results = paired_results(ra, rb, metrics, *stats)
-    by_length = []
+    by_length, by_step = [], []
     if edges:
         hist = history_lengths(runs_a[0], ma, args.stage, args.data_path)[users]
         by_length = compare_by_length(ra, rb, hist, edges, metrics, *stats)
+    if args.by_transition:
+        seen = seen_transitions(runs_a[0], ma, args.stage, args.data_path)[users]
+        by_step = compare_groups(ra, rb, transition_groups(seen, length_groups(hist, edges) if edges else None),
+                                 metrics, *stats)
     stage_gap = compare_stages(runs_a, runs_b, metrics, *stats) if args.stage_gap else []
     if args.json:
         out = {"a": ma, "b": mb, "runs_a": runs_a, "runs_b": runs_b, "results": [r.to_dict() for r in results]}
         if edges:
             out["by_length"] = [{"history": label, **r.to_dict()} for label, r in by_length]
+        if by_step:
+            out["by_transition"] = [{"group": label, **r.to_dict()} for label, r in by_step]
         if stage_gap:  # a = test gap, b = valid gap, diff = valid - test
             out["stage_gap"] = [{"metric": r.metric, "n_users": r.n_users, "valid_gap": r.b, "test_gap": r.a,
                                  "diff": r.diff, "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value}
@@ -268,6 +275,9 @@ def cmd_compare(args) -> int:
         print(format_table(results, _ranks_label(runs_a, ma), _ranks_label(runs_b, mb), args.confidence))
         if by_length:
             print(format_length_table(by_length, args.confidence))
+        if by_step:
+            print(format_length_table(by_step, args.confidence, "By the step to the target (seen: the "
+                                      "last history item -> target pair occurs in the training data):", "group"))
         if stage_gap:
             print(format_stage_table(stage_gap, args.confidence))
     return 0
@@ -413,7 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--by-length", metavar="EDGES",
                    help="also compare inside buckets of the users' history length, e.g. 16,50 for "
                         "0-15, 16-49 and >=50 items before the target (reads the dataset of run A)")
-    c.add_argument("--data-path", help="dataset location for --by-length, if not where run A found it")
+    c.add_argument("--by-transition", action="store_true",
+                   help="also compare the users whose target follows their last history item as two "
+                        "consecutive items of some training history do ('seen step') apart from the rest "
+                        "('new step'); inside each --by-length bucket when given (reads the dataset of run A)")
+    c.add_argument("--data-path", help="dataset location for --by-length / --by-transition, if not where run A "
+                                       "found it")
     c.add_argument("--stage-gap", action="store_true",
                    help="also test whether B - A differs between the validation and the test item "
                         "(does validation predict test?); every run needs valid_ranks.npz (written by "

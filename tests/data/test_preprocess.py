@@ -86,6 +86,22 @@ def test_leave_one_out_split_end():
         assert d.history_lengths(stage).tolist() == [d.split_end(u, stage) - d.offsets[u] for u in range(2)]
 
 
+def test_seen_transitions_read_the_training_histories_only():
+    """A step (last history item -> target) counts as seen when some user's training history (all
+    but its last two items) holds it as two consecutive items; held-out items never count."""
+    users = [0] * 5 + [1] * 6 + [2] * 4
+    items = [1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 2, 7, 8, 9]
+    d = preprocess(_inter(users, items), PreprocessOptions())
+    assert [list(map(int, s)) for s in seqs(d)] == [[1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8], [2, 7, 8, 9]]
+    # training steps: 1>2 2>3 (user 0), 3>4 4>5 5>6 (user 1), 2>7 (user 2)
+    # test steps: 4>5 seen (user 1's training); 7>8 only among user 1's own held-out items; 8>9 nowhere
+    assert d.seen_transitions("test").tolist() == [True, False, False]
+    # validation steps: 3>4 seen (user 1's training); 6>7 and 7>8 only among held-out items
+    assert d.seen_transitions("valid").tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="valid or test"):
+        d.seen_transitions("train")
+
+
 def test_empty_raises():
     with pytest.raises(DataError, match="no interactions"):
         preprocess(_inter([], []), PreprocessOptions())

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from elasticrec.evaluate.metrics import metrics_from_ranks
-from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_runs, compare_stages,
-                                              format_length_table, format_stage_table, format_table, history_lengths,
-                                              length_buckets, length_groups, load_ranks, paired_test, per_user, save_ranks)
+from elasticrec.evaluate.significance import (RanksError, compare_by_length, compare_groups, compare_runs,
+                                              compare_stages, format_length_table, format_stage_table, format_table,
+                                              history_lengths, length_buckets, length_groups, load_ranks, paired_test,
+                                              per_user, save_ranks, transition_groups)
 
 META = {"dataset": "toy", "stage": "test", "protocol": "full", "exclude_history": True}
 
@@ -177,6 +178,26 @@ def test_compare_by_length_finds_a_gain_where_it_is():
     assert "| >=100 | " in format_length_table(rows)
     with pytest.raises(ValueError, match="same users"):
         compare_by_length(ra, rb, hist[:-1], [100])
+
+
+def test_transition_groups_split_each_group_and_compare_inside_it():
+    """B gains only where the step to the target was seen in training: the 'seen step' groups show
+    it, the 'new step' ones do not, inside every length bucket given."""
+    rng = np.random.default_rng(4)
+    n = 2000
+    hist, seen = rng.integers(1, 100, size=n), rng.random(n) < 0.3
+    ra = rng.integers(0, 50, size=n)
+    rb = np.where(seen, np.maximum(ra - 5, 0), ra)
+    groups = transition_groups(seen, length_groups(hist, [50]))
+    assert [label for label, _ in groups] == ["0-49, seen step", "0-49, new step", ">=50, seen step", ">=50, new step"]
+    assert sum(int(m.sum()) for _, m in groups) == n
+    rows = compare_groups(ra, rb, groups, metrics=("MRR",), n_resamples=500)
+    by = {label: r for label, r in rows}
+    assert by["0-49, new step"].diff == 0 and by[">=50, new step"].diff == 0
+    assert by["0-49, seen step"].p_value < 0.01 and by[">=50, seen step"].ci_low > 0
+    assert [label for label, _ in transition_groups(seen)] == ["all, seen step", "all, new step"]
+    with pytest.raises(ValueError, match="same users"):
+        compare_groups(ra, rb[:-1], groups)
 
 
 def test_history_lengths_need_the_run_config(tmp_path):

@@ -71,6 +71,27 @@ class SequenceData:
         the items before the stage's target (train: the training history)."""
         return np.maximum(self.lengths - _CUT[stage], 0)
 
+    def seen_transitions(self, stage: str, fit: str = "train") -> np.ndarray:
+        """Per user, whether the step from the last history item to the ``stage`` target (valid or
+        test) also occurs as two consecutive items in some user's ``fit`` history (the training
+        data): the target then follows the latest item as it did in training. False for a user
+        with no history or no target. Used to split paired comparisons (``compare --by-transition``)."""
+        if stage not in ("valid", "test"):
+            raise ValueError(f"stage must be valid or test, got {stage!r}")
+        if self.n_interactions == 0:
+            return np.zeros(self.n_users, dtype=bool)
+        n, start = self.lengths, self.offsets[:-1]
+        owner = np.repeat(np.arange(self.n_users), n)
+        keep_end = start + self.history_lengths(fit)  # exclusive end of each user's fit history
+        i = np.arange(max(self.n_interactions - 1, 0))
+        inside = (owner[i] == owner[i + 1]) & (i + 1 < keep_end[owner[i]])
+        base = np.int64(self.n_items + 1)
+        seen = np.unique(self.items[i[inside]].astype(np.int64) * base + self.items[i[inside] + 1])
+        end = start + self.history_lengths(stage)  # index of each user's target
+        ok = (end > start) & (end < self.offsets[1:])
+        last, target = self.items[np.where(ok, end - 1, 0)], self.items[np.where(ok, end, 0)]
+        return ok & np.isin(last.astype(np.int64) * base + target, seen)
+
     def eval_users(self, stage: str) -> np.ndarray:
         """Users that have a target for ``stage``: valid needs >= 3 items, test needs >= 3 too
         (so both protocols score the same user set and training keeps >= 1 item)."""

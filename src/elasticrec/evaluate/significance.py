@@ -233,13 +233,27 @@ def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_pa
     for test, the last two for valid), indexed by user id, read from the dataset of the run that
     wrote ``source`` (a run directory, or a ranks file inside one: its ``config.yaml``). The full
     history is counted, not the ``max_len`` window the model saw."""
+    return run_dataset(source, meta, data_path).history_lengths(stage)
+
+
+def seen_transitions(source: str | Path, meta: dict, stage: str = "test", data_path: str | None = None
+                     ) -> np.ndarray:
+    """Per user id, whether its ``stage`` target follows its last history item as two consecutive
+    items of some user's training history do (:meth:`SequenceData.seen_transitions`), read from
+    the dataset of the run that wrote ``source`` (as :func:`history_lengths`)."""
+    return run_dataset(source, meta, data_path).seen_transitions(stage)
+
+
+def run_dataset(source: str | Path, meta: dict, data_path: str | None = None):
+    """The dataset of the run that wrote ``source`` (a run directory, or a ranks file inside one),
+    from its ``config.yaml``; refused if it no longer loads as the data the ranks were computed on."""
     from elasticrec.config import load_config, merge
     from elasticrec.data import load_dataset
 
     p = Path(source)
     cfg_path = (p if p.is_dir() else p.parent) / "config.yaml"
     if not cfg_path.exists():
-        raise RanksError(f"{cfg_path}: not found; per-length comparison reads the run's dataset from it "
+        raise RanksError(f"{cfg_path}: not found; per-user grouping reads the run's dataset from it "
                          f"(give a run directory)")
     cfg = load_config(cfg_path)
     if data_path:
@@ -249,7 +263,7 @@ def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_pa
     if key is not None and data.meta.get("cache_key") not in (None, key):
         raise RanksError(f"{cfg_path}: its dataset now loads as {data.meta.get('cache_key')}, but the ranks "
                          f"were computed on {key}: the data changed since that run")
-    return data.history_lengths(stage)
+    return data
 
 
 def length_buckets(edges) -> list[tuple[int, int | None]]:
@@ -277,21 +291,44 @@ def compare_by_length(ra: np.ndarray, rb: np.ndarray, hist: np.ndarray, edges, m
     """The paired test inside each history-length bucket: (bucket label, result) per non-empty
     bucket and metric; ``hist`` holds each paired user's history length, in the ranks' order;
     ``ra`` / ``rb`` are one run's ranks or [runs, users] (averaged per user, as in compare_runs)."""
-    hist, ra, rb = np.asarray(hist), np.atleast_2d(ra), np.atleast_2d(rb)
-    if not hist.shape[0] == ra.shape[1] == rb.shape[1] or hist.ndim != 1:
+    hist = np.asarray(hist)
+    if hist.ndim != 1:
         raise ValueError("ranks and history lengths must be of the same users")
+    return compare_groups(ra, rb, length_groups(hist, edges), metrics, n_resamples, confidence, seed)
+
+
+def transition_groups(seen: np.ndarray, groups: list[tuple[str, np.ndarray]] | None = None
+                      ) -> list[tuple[str, np.ndarray]]:
+    """Split each (label, mask) group (default: everyone) by ``seen`` (per paired user: does the
+    target follow the last history item as in training?) into "<label>, seen step" and
+    "<label>, new step"."""
+    seen = np.asarray(seen, dtype=bool)
+    groups = groups if groups is not None else [("all", np.ones(len(seen), dtype=bool))]
+    return [(f"{label}, {name}", sel & m) for label, sel in groups
+            for name, m in (("seen step", seen), ("new step", ~seen))]
+
+
+def compare_groups(ra: np.ndarray, rb: np.ndarray, groups: list[tuple[str, np.ndarray]],
+                   metrics=DEFAULT_METRICS, n_resamples: int = 10_000, confidence: float = 0.95,
+                   seed: int = 0) -> list[tuple[str, PairedResult]]:
+    """The paired test inside each (label, boolean mask over the paired users) group: (label,
+    result) per non-empty group and metric."""
+    ra, rb = np.atleast_2d(ra), np.atleast_2d(rb)
     out = []
-    for label, sel in length_groups(hist, edges):
-        if not sel.any():
-            continue
-        out += [(label, r) for r in paired_results(ra[:, sel], rb[:, sel], metrics, n_resamples, confidence, seed)]
+    for label, sel in groups:
+        sel = np.asarray(sel, dtype=bool)
+        if not sel.shape[0] == ra.shape[1] == rb.shape[1]:
+            raise ValueError("ranks and history lengths must be of the same users")
+        if sel.any():
+            out += [(label, r) for r in paired_results(ra[:, sel], rb[:, sel], metrics, n_resamples, confidence, seed)]
     return out
 
 
-def format_length_table(rows: list[tuple[str, PairedResult]], confidence: float = 0.95) -> str:
+def format_length_table(rows: list[tuple[str, PairedResult]], confidence: float = 0.95,
+                        title: str = "By history length (items before the target):", column: str = "history") -> str:
     pct = f"{confidence:.0%}"
-    lines = ["", "By history length (items before the target):", "",
-             f"| history | users | metric | A | B | B - A | {pct} CI | p |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["", title, "",
+             f"| {column} | users | metric | A | B | B - A | {pct} CI | p |", "|---|---|---|---|---|---|---|---|"]
     for label, r in rows:
         lines.append(f"| {label} | {r.n_users} | {r.metric} | {r.a:.4f} | {r.b:.4f} | {r.diff:+.4f} "
                      f"| [{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.p_value:.4f} |")
