@@ -241,8 +241,8 @@ def cmd_evaluate(args) -> int:
 def cmd_compare(args) -> int:
     from elasticrec.evaluate.significance import (compare_by_length, compare_groups, compare_stages,
                                                   format_length_table, format_stage_table, format_table,
-                                                  history_lengths, length_groups, load_sides, paired_results,
-                                                  seen_transitions, transition_groups)
+                                                  length_groups, load_sides, paired_results, run_dataset,
+                                                  transition_groups)
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     edges = _length_edges(args.by_length) if args.by_length else None
@@ -252,11 +252,12 @@ def cmd_compare(args) -> int:
     stats = (args.resamples, args.confidence, args.seed)
     results = paired_results(ra, rb, metrics, *stats)
     by_length, by_step = [], []
+    data = run_dataset(runs_a[0], ma, args.data_path) if edges or args.by_transition else None
     if edges:
-        hist = history_lengths(runs_a[0], ma, args.stage, args.data_path)[users]
+        hist = data.history_lengths(args.stage)[users]
         by_length = compare_by_length(ra, rb, hist, edges, metrics, *stats)
     if args.by_transition:
-        seen = seen_transitions(runs_a[0], ma, args.stage, args.data_path)[users]
+        seen = data.seen_transitions(args.stage)[users]
         by_step = compare_groups(ra, rb, transition_groups(seen, length_groups(hist, edges) if edges else None),
                                  metrics, *stats)
     stage_gap = compare_stages(runs_a, runs_b, metrics, *stats) if args.stage_gap else []

@@ -236,14 +236,6 @@ def history_lengths(source: str | Path, meta: dict, stage: str = "test", data_pa
     return run_dataset(source, meta, data_path).history_lengths(stage)
 
 
-def seen_transitions(source: str | Path, meta: dict, stage: str = "test", data_path: str | None = None
-                     ) -> np.ndarray:
-    """Per user id, whether its ``stage`` target follows its last history item as two consecutive
-    items of some user's training history do (:meth:`SequenceData.seen_transitions`), read from
-    the dataset of the run that wrote ``source`` (as :func:`history_lengths`)."""
-    return run_dataset(source, meta, data_path).seen_transitions(stage)
-
-
 def run_dataset(source: str | Path, meta: dict, data_path: str | None = None):
     """The dataset of the run that wrote ``source`` (a run directory, or a ranks file inside one),
     from its ``config.yaml``; refused if it no longer loads as the data the ranks were computed on."""
