@@ -80,15 +80,14 @@ class SequenceData:
             raise ValueError(f"stage must be valid or test, got {stage!r}")
         if self.n_interactions == 0:
             return np.zeros(self.n_users, dtype=bool)
-        n, start = self.lengths, self.offsets[:-1]
-        owner = np.repeat(np.arange(self.n_users), n)
-        keep_end = start + self.history_lengths(fit)  # exclusive end of each user's fit history
-        i = np.arange(max(self.n_interactions - 1, 0))
-        inside = (owner[i] == owner[i + 1]) & (i + 1 < keep_end[owner[i]])
+        # consecutive items both in a fit history: a user's last item never is, so no pair crosses users
+        keep = self._history_mask(fit)
+        both = keep[:-1] & keep[1:]
         base = np.int64(self.n_items + 1)
-        seen = np.unique(self.items[i[inside]].astype(np.int64) * base + self.items[i[inside] + 1])
+        seen = np.unique(self.items[:-1][both].astype(np.int64) * base + self.items[1:][both])
+        start = self.offsets[:-1]
         end = start + self.history_lengths(stage)  # index of each user's target
-        ok = (end > start) & (end < self.offsets[1:])
+        ok = end > start  # a history, hence a target (the stage hides at least one item)
         last, target = self.items[np.where(ok, end - 1, 0)], self.items[np.where(ok, end, 0)]
         return ok & np.isin(last.astype(np.int64) * base + target, seen)
 
@@ -100,13 +99,14 @@ class SequenceData:
     def item_counts(self, stage: str = "train") -> np.ndarray:
         """Interaction count per dense item id over the training part (index 0 = padding)."""
         counts = np.zeros(self.n_items + 1, dtype=np.int64)
-        n = self.lengths
-        keep = self.history_lengths(stage)
-        # mask of positions that belong to the stage's visible history
-        pos = np.arange(self.n_interactions) - np.repeat(self.offsets[:-1], n)
-        mask = pos < np.repeat(keep, n)
-        np.add.at(counts, self.items[mask], 1)
+        np.add.at(counts, self.items[self._history_mask(stage)], 1)
         return counts
+
+    def _history_mask(self, stage: str) -> np.ndarray:
+        """Per interaction, whether it belongs to its user's visible history for ``stage``."""
+        n = self.lengths
+        pos = np.arange(self.n_interactions) - np.repeat(self.offsets[:-1], n)
+        return pos < np.repeat(self.history_lengths(stage), n)
 
     def stats(self) -> dict:
         n = self.lengths

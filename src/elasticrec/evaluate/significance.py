@@ -310,7 +310,7 @@ def compare_groups(ra: np.ndarray, rb: np.ndarray, groups: list[tuple[str, np.nd
     for label, sel in groups:
         sel = np.asarray(sel, dtype=bool)
         if not sel.shape[0] == ra.shape[1] == rb.shape[1]:
-            raise ValueError("ranks and history lengths must be of the same users")
+            raise ValueError("ranks and group masks must be of the same users")
         if sel.any():
             out += [(label, r) for r in paired_results(ra[:, sel], rb[:, sel], metrics, n_resamples, confidence, seed)]
     return out
